@@ -1,0 +1,115 @@
+"""Runs a plan on its weights, a workspace and per-request I/O memory.
+
+A `Binding` is the plan made concrete for one batch size on one workspace
+buffer: every weight and work tensor is already a numpy view at its planned
+offset, and every step is a closure over slot indices. Executing a request
+is then: copy the template, drop the inputs and freshly allocated outputs
+into it, call the steps. Bindings are cached per (batch, buffer), so the
+views are built once, not per request.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .device import Buffer
+from .kernels import Kernel
+from .model.plan import INPUT, IO, WEIGHT, WORK, Plan
+
+StepFn = Callable[[list], None]
+Alloc = Callable[[int], Buffer]
+
+
+@dataclass
+class Binding:
+    template: list  # one entry per slot, plus a trailing None for omitted inputs
+    steps: list[StepFn]
+    io: list[tuple[int, np.dtype, tuple[int, ...], int]]  # (slot, dtype, shape, nbytes) per output root
+
+
+class Executable:
+    """A plan bound to its read-only weight block."""
+
+    def __init__(self, plan: Plan, weights: np.ndarray):
+        self.plan = plan
+        self.weights = weights
+        self._bindings: dict[tuple[int, int], Binding] = {}
+        self._lock = threading.Lock()
+
+    def run(self, arrays: dict[str, np.ndarray], batch: int, workspace: Buffer, alloc: Alloc
+            ) -> tuple[list[np.ndarray], list[Buffer]]:
+        """Execute one request; returns the outputs and the I/O buffers holding them."""
+        b = self.binding(batch, workspace)
+        env = b.template.copy()
+        for spec in self.plan.inputs:
+            env[spec.slot] = arrays[spec.name]
+        buffers = []
+        try:
+            for slot, dtype, shape, nbytes in b.io:
+                buf = alloc(nbytes)
+                buffers.append(buf)
+                env[slot] = buf.array[:nbytes].view(dtype).reshape(shape)
+            for step in b.steps:
+                step(env)
+        except BaseException:
+            for buf in buffers:
+                buf.free()
+            raise
+        return [env[spec.slot] for spec in self.plan.outputs], buffers
+
+    def binding(self, batch: int, workspace: Buffer) -> Binding:
+        key = (batch, workspace.id)
+        b = self._bindings.get(key)
+        if b is None:
+            b = self._bind(batch, workspace.array)
+            with self._lock:
+                # A workspace that was resized leaves stale bindings behind; drop them.
+                self._bindings = {k: v for k, v in self._bindings.items() if k[1] == workspace.id}
+                self._bindings[key] = b
+        return b
+
+    def _bind(self, batch: int, work: np.ndarray) -> Binding:
+        plan = self.plan
+        infos = plan.infos_at(batch)
+        env: list = [None] * (len(plan.tensors) + 1)
+        for i, slot in enumerate(plan.tensors):
+            info = infos[i]
+            if slot.root != i:
+                if slot.storage in (WEIGHT, WORK):
+                    env[i] = env[slot.root].reshape(info.shape)
+            elif slot.storage == WEIGHT:
+                env[i] = _view(self.weights, slot.offset, slot.info.nbytes, info.dtype, info.shape)
+            elif slot.storage == WORK:
+                env[i] = _view(work, slot.offset, info.nbytes, info.dtype, info.shape)
+        steps: list[StepFn] = []
+        for step in plan.steps:
+            if not step.op.alias:
+                ins = [infos[i] if i >= 0 else None for i in step.inputs]
+                outs = [infos[i] for i in step.outputs]
+                steps.append(_call(step.op.build(step.node, ins, outs), step.inputs, step.outputs + step.scratch))
+            elif plan.tensors[step.outputs[0]].storage in (INPUT, IO):
+                steps.append(_alias(step.inputs[0], step.outputs[0], infos[step.outputs[0]].shape))
+        io = [(i, infos[i].dtype, infos[i].shape, infos[i].nbytes)
+              for i, s in enumerate(plan.tensors) if s.storage == IO and s.root == i]
+        return Binding(env, steps, io)
+
+
+def _view(block: np.ndarray, offset: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    return block[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def _call(fn: Kernel, ins: list[int], outs: list[int]) -> StepFn:
+    def step(env: list) -> None:
+        fn([env[i] for i in ins], [env[o] for o in outs])
+
+    return step
+
+
+def _alias(src: int, dst: int, shape: tuple[int, ...]) -> StepFn:
+    def step(env: list) -> None:
+        env[dst] = env[src].reshape(shape)
+
+    return step

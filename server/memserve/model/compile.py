@@ -1,0 +1,223 @@
+"""compile(model bytes, options) -> Plan: the whole load-time pipeline.
+
+1. Import: parse and check the ONNX graph (onnx_import).
+2. Inputs: fix every open dimension, the leading one at the maximum batch.
+3. Shapes: run each op's shape function in topological order.
+4. Storage: graph inputs arrive per request; weights (initializers and
+   Constant nodes) go to the weight block; alias ops (Reshape, Flatten,
+   Identity) become views of their input's bytes; graph outputs are written
+   straight into per-request I/O memory; everything else is work memory.
+5. Lifetimes and offsets: each work tensor lives from the step that writes it
+   to the last step that reads it or any alias of it; the greedy planner
+   places them (planner.py).
+6. Weights: laid out at aligned offsets and digested, so that a second load
+   of the same weights can share the first copy.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..device import align_up
+from ..errors import InvalidArgument
+from ..kernels import Node, OpDef, TensorInfo, lookup
+from ..planner import Lifetime, plan_offsets
+from .onnx_import import Graph, import_onnx
+from .plan import INPUT, IO, WEIGHT, WORK, IOSpec, Plan, Step, TensorSlot, infer_all
+
+SMALL_CONSTANT = 64  # elements; weights this small keep their value for shape functions
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    max_batch: int = 0  # 0: 1 when the model leaves its batch dimension open
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _copy_infer(node: Node, ins: list[TensorInfo | None]) -> list[TensorInfo]:
+    return [TensorInfo(ins[0].dtype, ins[0].shape)]
+
+
+def _copy_build(node, ins, outs):
+    def run(i, o):
+        np.copyto(o[0], i[0])
+
+    return run
+
+
+# Internal: a graph output that is an input, a weight, or a second name for
+# another output's bytes needs its own copy in I/O memory.
+COPY = OpDef("Copy", _copy_infer, _copy_build)
+
+
+def compile_model(data: bytes, options: CompileOptions = CompileOptions()) -> Plan:
+    return build_plan(import_onnx(data), options)
+
+
+def build_plan(graph: Graph, options: CompileOptions) -> Plan:
+    inputs, max_batch = _resolve_inputs(graph, options)
+    b = _Builder()
+    for spec in inputs:
+        b.add(spec.name, TensorInfo(spec.dtype, spec.shape), INPUT)
+    used = {i for n in graph.nodes for i in n.inputs} | set(graph.outputs)
+    for name, value in graph.weights.items():
+        if name in used:
+            small = value if value.size <= SMALL_CONSTANT else None
+            b.add(name, TensorInfo(value.dtype, value.shape, small), WEIGHT)
+    for node in graph.nodes:
+        b.add_step(node)
+    outputs = [b.claim_output(name) for name in graph.outputs]
+    work = b.plan_work()
+    weight_size, digest = b.layout_weights(graph.weights)
+    input_specs = [IOSpec(s.name, s.dtype, _batch_marked(s.shape, max_batch), b.index[s.name]) for s in inputs]
+    plan = Plan(
+        tensors=b.slots, steps=b.steps, inputs=input_specs, outputs=[], max_batch=max_batch,
+        work_size=work.size, work_lower_bound=work.lower_bound, peak_step=work.peak_step,
+        weight_size=weight_size, weight_digest=digest, weight_slots=b.weight_roots(),
+        staged_weights={i: graph.weights[b.slots[i].name] for i in b.weight_roots()},
+    )
+    plan.outputs = _output_specs(plan, outputs)
+    return plan
+
+
+def _batch_marked(shape: tuple[int, ...], max_batch: int) -> tuple[int, ...]:
+    return (-1,) + tuple(shape[1:]) if max_batch else tuple(shape)
+
+
+def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[IOSpec], int]:
+    """Fix every open input dimension; a free leading one is the batch."""
+    unknown = sorted(set(options.input_shapes) - {i.name for i in graph.inputs})
+    if unknown:
+        raise InvalidArgument(f"input_shapes names {unknown}, which are not inputs of the model "
+                              f"({[i.name for i in graph.inputs]})")
+    batched = any(i.dims and i.dims[0] is None for i in graph.inputs)
+    given = {i.name: options.input_shapes[i.name][0] for i in graph.inputs
+             if i.dims and i.dims[0] is None and options.input_shapes.get(i.name)}
+    if len(set(given.values())) > 1:
+        raise InvalidArgument(f"input_shapes give different batch sizes: {given}")
+    max_batch = next(iter(given.values()), options.max_batch or 1) if batched else 0
+    if max_batch < 0 or (batched and max_batch == 0):
+        raise InvalidArgument(f"max batch must be positive, got {max_batch}")
+    specs = []
+    for inp in graph.inputs:
+        shape = list(options.input_shapes.get(inp.name, ()))
+        if shape and len(shape) != len(inp.dims):
+            raise InvalidArgument(f"input {inp.name!r} has rank {len(inp.dims)}; input_shapes gives {shape}")
+        dims = []
+        for k, d in enumerate(inp.dims):
+            if k == 0 and d is None:
+                dims.append(max_batch)
+            elif d is not None:
+                if shape and shape[k] != d:
+                    raise InvalidArgument(f"input {inp.name!r} dimension {k} is fixed at {d} by the model; "
+                                          f"input_shapes gives {shape[k]}")
+                dims.append(d)
+            elif shape and shape[k] > 0:
+                dims.append(shape[k])
+            else:
+                label = f" ({inp.dim_names[k]!r})" if inp.dim_names[k] else ""
+                raise InvalidArgument(f"input {inp.name!r} dimension {k}{label} is left open by the model; "
+                                      f"give its size with input_shapes")
+        specs.append(IOSpec(inp.name, inp.dtype, tuple(dims), -1))
+    return specs, max_batch
+
+
+def _output_specs(plan: Plan, slots: list[int]) -> list[IOSpec]:
+    """Outputs' shapes, with -1 on the dimensions that follow the batch."""
+    at_max = [plan.tensors[i].info for i in slots]
+    batch_dims: list[set[int]] = [set() for _ in slots]
+    if plan.max_batch:
+        try:  # shapes only: a probe one past the maximum shows which dims follow the batch
+            probe = infer_all(plan, plan.input_infos(plan.max_batch + 1))
+            for k, i in enumerate(slots):
+                batch_dims[k] = {d for d, (a, b) in enumerate(zip(at_max[k].shape, probe[i].shape)) if a != b}
+        except InvalidArgument:
+            pass
+    return [
+        IOSpec(plan.tensors[i].name, info.dtype,
+               tuple(-1 if d in dims else s for d, s in enumerate(info.shape)), i)
+        for i, info, dims in zip(slots, at_max, batch_dims)
+    ]
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.slots: list[TensorSlot] = []
+        self.steps: list[Step] = []
+        self.index: dict[str, int] = {}
+        self.claimed: set[int] = set()
+
+    def add(self, name: str, info: TensorInfo, storage: str, root: int | None = None) -> int:
+        i = len(self.slots)
+        self.slots.append(TensorSlot(name, info, storage, i if root is None else root))
+        self.index[name] = i
+        return i
+
+    def add_step(self, node: Node) -> None:
+        op = lookup(node.domain, node.op_type)
+        ins = [self.index[n] if n else -1 for n in node.inputs]
+        infos = [self.slots[i].info if i >= 0 else None for i in ins]
+        step = Step(node, op, ins, [])
+        outs = op.infer(node, infos)
+        for name, info in zip(node.outputs, outs):
+            if op.alias:
+                root = self.slots[ins[0]].root
+                step.outputs.append(self.add(name, info, self.slots[root].storage, root))
+            else:
+                step.outputs.append(self.add(name, info, WORK))
+        if op.scratch:
+            for k, info in enumerate(op.scratch(node, infos, outs)):
+                step.scratch.append(self.add(f"{node.name}:scratch{k}", info, WORK))
+        self.steps.append(step)
+
+    def claim_output(self, name: str) -> int:
+        """Put an output's bytes in I/O memory; copy when they cannot be its own."""
+        i = self.index[name]
+        root = self.slots[i].root
+        if self.slots[root].storage == WORK and root not in self.claimed:
+            self.claimed.add(root)
+            for s in self.slots:
+                if s.root == root:
+                    s.storage = IO
+            return i
+        info = self.slots[i].info
+        out = self.add(name, TensorInfo(info.dtype, info.shape), IO)
+        self.steps.append(Step(Node("Copy", f"{name}:copy", [name], [name]), COPY, [i], [out]))
+        self.claimed.add(out)
+        return out
+
+    def plan_work(self):
+        work = [i for i, s in enumerate(self.slots) if s.storage == WORK and s.root == i]
+        first = {i: len(self.steps) for i in work}
+        last = dict.fromkeys(work, -1)
+        for k, step in enumerate(self.steps):
+            for i in step.outputs + step.scratch:
+                root = self.slots[i].root
+                if root in first:
+                    first[root] = min(first[root], k)
+                    last[root] = max(last[root], k)
+            for i in step.inputs:
+                if i >= 0 and self.slots[i].root in last:
+                    last[self.slots[i].root] = max(last[self.slots[i].root], k)
+        mem = plan_offsets([Lifetime(self.slots[i].info.nbytes, first[i], last[i]) for i in work])
+        for i, off in zip(work, mem.offsets):
+            self.slots[i].offset = off
+        return mem
+
+    def weight_roots(self) -> list[int]:
+        return [i for i, s in enumerate(self.slots) if s.storage == WEIGHT and s.root == i]
+
+    def layout_weights(self, weights: dict[str, np.ndarray]) -> tuple[int, str]:
+        """Aligned offsets for every weight, and a digest of layout plus content."""
+        digest = hashlib.sha256()
+        offset = 0
+        for i in self.weight_roots():
+            slot = self.slots[i]
+            slot.offset = offset
+            value = np.ascontiguousarray(weights[slot.name])
+            digest.update(f"{offset}:{value.dtype.str}:{value.shape};".encode())
+            digest.update(value.data if value.size else b"")
+            offset = align_up(offset + value.nbytes)
+        return offset, digest.hexdigest()

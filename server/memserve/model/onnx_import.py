@@ -1,0 +1,167 @@
+"""Parse and check ONNX bytes into a `Graph` of plain nodes and numpy weights.
+
+Everything memserve cannot run is refused here, each with a message that
+names the node: external data, subgraphs (control flow), ops without a kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from ..errors import ModelParseError, UnsupportedModel
+from ..kernels import Node, lookup
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class GraphInput:
+    name: str
+    dtype: np.dtype
+    dims: list[int | None]  # None: left open by the model
+    dim_names: list[str]
+
+
+@dataclass
+class Graph:
+    opset: int
+    nodes: list[Node]  # topological order, Constant nodes already folded into weights
+    weights: dict[str, np.ndarray]
+    inputs: list[GraphInput]
+    outputs: list[str]
+    name: str = ""
+    producer: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def import_onnx(data: bytes) -> Graph:
+    model = _parse(data)
+    opset = _default_opset(model)
+    g = model.graph
+    weights = {init.name: _initializer(init) for init in g.initializer}
+    nodes: list[Node] = []
+    unsupported: list[str] = []
+    for index, proto in enumerate(g.node):
+        node = _node(proto, index, opset)
+        if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
+            weights[node.outputs[0]] = _constant_value(node)
+            continue
+        if lookup(node.domain, node.op_type) is None:
+            domain = f"{node.domain}." if node.domain else ""
+            unsupported.append(f"{node.name!r} ({domain}{node.op_type})")
+            continue
+        nodes.append(node)
+    if unsupported:
+        shown = ", ".join(unsupported[:5]) + (f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else "")
+        raise UnsupportedModel(f"model uses ops memserve does not implement: {shown}")
+    inputs = [_graph_input(v) for v in g.input if v.name not in weights]
+    outputs = [v.name for v in g.output]
+    return Graph(
+        opset=opset,
+        nodes=_topological(nodes, {i.name for i in inputs} | set(weights)),
+        weights=weights,
+        inputs=inputs,
+        outputs=outputs,
+        name=g.name,
+        producer=model.producer_name,
+        metadata={p.key: p.value for p in model.metadata_props},
+    )
+
+
+def _parse(data: bytes) -> onnx.ModelProto:
+    if not data:
+        raise ModelParseError("model is empty: send the ONNX file's bytes after the load options")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelParseError(f"model bytes are not an ONNX ModelProto ({exc})") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise ModelParseError("model bytes are not an ONNX model: no graph or no nodes")
+    for init in model.graph.initializer:
+        if init.data_location == TensorProto.EXTERNAL:
+            raise UnsupportedModel(
+                f"initializer {init.name!r} keeps its data in an external file; save the model with "
+                "onnx.save_model(model, path, save_as_external_data=False) and upload that one file"
+            )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelParseError(f"model fails the ONNX checker: {first}") from None
+    return model
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in DEFAULT_DOMAINS:
+            return imp.version
+    raise ModelParseError("model imports no version of the default ONNX opset")
+
+
+def _initializer(init: TensorProto) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(init)
+    except Exception as exc:  # onnx raises several types for bad tensors
+        raise ModelParseError(f"initializer {init.name!r} cannot be read: {exc}") from None
+
+
+def _node(proto: onnx.NodeProto, index: int, opset: int) -> Node:
+    name = proto.name or f"{proto.op_type}_{index}"
+    attrs = {}
+    for a in proto.attribute:
+        if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            raise UnsupportedModel(
+                f"node {name!r} ({proto.op_type}) has a subgraph in attribute {a.name!r}; "
+                "memserve does not run control flow"
+            )
+        value = helper.get_attribute_value(a)
+        attrs[a.name] = value.decode() if isinstance(value, bytes) else value
+    return Node(proto.op_type, name, list(proto.input), list(proto.output), attrs, opset, proto.domain)
+
+
+def _constant_value(node: Node) -> np.ndarray:
+    a = node.attrs
+    if "value" in a:
+        return numpy_helper.to_array(a["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in a:
+            return np.asarray(a[key], dtype=dtype)
+    raise UnsupportedModel(f"node {node.name!r} (Constant): only tensor and numeric values are supported")
+
+
+def _graph_input(v: onnx.ValueInfoProto) -> GraphInput:
+    t = v.type.tensor_type
+    if not v.type.HasField("tensor_type") or not t.HasField("shape"):
+        raise UnsupportedModel(f"graph input {v.name!r} is not a tensor with a known rank")
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+    except (KeyError, ValueError, TypeError):
+        raise UnsupportedModel(f"graph input {v.name!r} has an unsupported element type {t.elem_type}") from None
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+    names = [d.dim_param for d in t.shape.dim]
+    return GraphInput(v.name, dtype, dims, names)
+
+
+def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
+    """Kahn's order; ONNX requires sorted graphs, but exporters do not all comply."""
+    known = set(available) | {""}
+    pending, ordered = list(nodes), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.inputs):
+                ordered.append(n)
+                known.update(n.outputs)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            missing = sorted({i for n in rest for i in n.inputs if i not in known})[:5]
+            raise ModelParseError(f"graph has a cycle or undefined tensors: {missing}")
+        pending = rest
+    return ordered

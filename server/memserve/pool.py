@@ -1,0 +1,194 @@
+"""The weight store (one copy per distinct weights) and the workspace pool.
+
+Weights are keyed by the digest of their laid-out content: a second load of
+the same weights takes a reference, and the block is freed with its last
+reference. Models only ever see a read-only view of it (I2).
+
+A workspace is one work-memory buffer and the models that use it: a private
+one has a single member; a shared group's buffer is as large as its largest
+member. A workspace is resized only while its `lock` is held, and the lane
+that executes on it holds the same lock for each execution, so a buffer never
+changes under a running model. The pool only sizes buffers: callers check
+admission first (`needs`) and run inside the device context.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .device import Buffer, Device
+from .errors import InternalError, InvalidArgument, ResourceExhausted
+from .model import Plan
+
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass
+class WeightBlock:
+    digest: str
+    buffer: Buffer
+    users: set[int] = field(default_factory=set)
+
+    @property
+    def view(self) -> np.ndarray:
+        v = self.buffer.array.view()
+        v.flags.writeable = False
+        return v
+
+
+class WeightStore:
+    def __init__(self, device: Device):
+        self.device = device
+        self._blocks: dict[str, WeightBlock] = {}
+        self._lock = threading.Lock()
+
+    def needs(self, plan: Plan) -> int:
+        """Bytes a load of `plan` would allocate for weights (0 when already resident)."""
+        with self._lock:
+            return 0 if plan.weight_digest in self._blocks else plan.weight_size
+
+    def acquire(self, model_id: int, plan: Plan) -> tuple[np.ndarray, bool]:
+        """A read-only view of the plan's weights, uploading them if absent; and whether shared."""
+        with self._lock:
+            block = self._blocks.get(plan.weight_digest)
+            shared = block is not None
+            if block is None:
+                block = WeightBlock(plan.weight_digest, self._upload(plan))
+                self._blocks[plan.weight_digest] = block
+            block.users.add(model_id)
+            return block.view, shared
+
+    def release(self, model_id: int, digest: str) -> int:
+        """Drop a model's reference; returns the bytes freed."""
+        with self._lock:
+            block = self._blocks.get(digest)
+            if block is None or model_id not in block.users:
+                raise InternalError(f"model {model_id} holds no reference to weights {digest[:12]}")
+            block.users.discard(model_id)
+            if block.users:
+                return 0
+            del self._blocks[digest]
+        block.buffer.free()
+        return block.buffer.nbytes
+
+    def blocks(self) -> list[WeightBlock]:
+        with self._lock:
+            return list(self._blocks.values())
+
+    def _upload(self, plan: Plan) -> Buffer:
+        if plan.staged_weights is None:
+            raise InternalError("plan's weights were already released")
+        buf = self.device.alloc(plan.weight_size, "weights")
+        for i in plan.weight_slots:
+            value = np.ascontiguousarray(plan.staged_weights[i])
+            off = plan.tensors[i].offset
+            buf.array[off : off + value.nbytes] = value.reshape(-1).view(np.uint8)
+        return buf
+
+
+class Workspace:
+    """One work-memory buffer, its member models and their planned sizes."""
+
+    def __init__(self, name: str, shared: bool):
+        self.name = name
+        self.shared = shared
+        self.members: dict[int, int] = {}
+        self.buffer: Buffer | None = None
+        self.lock = threading.Lock()  # held by the lane per execution and by resizes
+        self.executions = 0
+        self.max_concurrent = 0
+        self._active = 0
+        self._probe = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self.buffer.nbytes if self.buffer else 0
+
+    @property
+    def required(self) -> int:
+        return max(self.members.values(), default=0)
+
+    def enter(self) -> None:
+        """Probe for I1: counts executions running on this buffer, independent of `lock`."""
+        with self._probe:
+            self._active += 1
+            self.executions += 1
+            self.max_concurrent = max(self.max_concurrent, self._active)
+
+    def exit(self) -> None:
+        with self._probe:
+            self._active -= 1
+
+    def resize(self, device: Device, size: int) -> int:
+        """Make the buffer exactly `size` bytes once no execution runs; returns bytes freed (<0: grown)."""
+        with self.lock:
+            old = self.buffer
+            if old is not None and old.nbytes == size:
+                return 0
+            self.buffer = None
+            before = old.nbytes if old else 0
+            if old is not None:
+                old.free()
+            if not self.members:
+                return before
+            try:
+                self.buffer = device.alloc(size, "workspace")
+            except ResourceExhausted:
+                if old is not None:  # put the old size back so the members keep running
+                    self.buffer = device.alloc(before, "workspace")
+                raise
+            return before - self.buffer.nbytes
+
+
+class WorkspacePool:
+    def __init__(self, device: Device):
+        self.device = device
+        self._spaces: dict[str, Workspace] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(mode: str, model_id: int) -> tuple[str, bool]:
+        """Workspace name and sharedness for a load's workspace option."""
+        if mode in ("", "private"):
+            return f"private:{model_id}", False
+        if mode.startswith("shared:") and GROUP_NAME.match(mode[7:]):
+            return mode, True
+        raise InvalidArgument(
+            f"workspace {mode!r} is not valid: use 'private' or 'shared:<group>' "
+            "(group: letters, digits, '_', '.', '-')"
+        )
+
+    def needs(self, mode: str, model_id: int, work_size: int) -> int:
+        """Bytes a join would add to the device."""
+        name, _ = self.key(mode, model_id)
+        with self._lock:
+            ws = self._spaces.get(name)
+            return max(0, work_size - (ws.size if ws else 0))
+
+    def join(self, model_id: int, mode: str, work_size: int) -> Workspace:
+        name, shared = self.key(mode, model_id)
+        with self._lock:
+            ws = self._spaces.setdefault(name, Workspace(name, shared))
+            ws.members[model_id] = work_size
+        try:
+            if ws.buffer is None or work_size > ws.size:
+                ws.resize(self.device, work_size)
+            return ws
+        except BaseException:
+            self.leave(model_id, ws)
+            raise
+
+    def leave(self, model_id: int, ws: Workspace) -> int:
+        """Remove a member; shrink or free the buffer; returns the bytes freed."""
+        with self._lock:
+            ws.members.pop(model_id, None)
+            if not ws.members:
+                self._spaces.pop(ws.name, None)
+        return ws.resize(self.device, ws.required)
+
+    def workspaces(self) -> list[Workspace]:
+        with self._lock:
+            return list(self._spaces.values())

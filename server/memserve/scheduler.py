@@ -1,0 +1,166 @@
+"""Lanes: one workspace, one worker thread, requests run one at a time (I1).
+
+Every model runs on the lane of its workspace, so models that share a
+workspace take turns on it, and lanes of different workspaces run in
+parallel. A request that was cancelled, whose deadline passed, or whose model
+is being unloaded is dropped from the queue before it runs (I6, I7).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .device import Context
+from .errors import DeadlineExceeded, MemserveError, ResourceExhausted, Unavailable
+from .pool import Workspace
+
+Job = Callable[["Request", Workspace], Any]
+
+
+@dataclass(eq=False)
+class Request:
+    model_id: int
+    job: Job  # runs on the lane's worker, in the device context, with the workspace held
+    deadline: float | None = None  # time.monotonic() seconds
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    future: Future = field(default_factory=Future)
+
+
+class Lane:
+    def __init__(self, workspace: Workspace, context: Context, max_queue: int):
+        self.workspace = workspace
+        self.context = context
+        self.max_queue = max_queue
+        self._queue: collections.deque[Request] = collections.deque()
+        self._cond = threading.Condition()
+        self._running: Request | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=f"lane[{workspace.name}]", daemon=True)
+        self._thread.start()
+
+    def submit(self, req: Request) -> None:
+        with self._cond:
+            if self._closed:
+                raise Unavailable(f"workspace {self.workspace.name} is closing; retry")
+            if len(self._queue) >= self.max_queue:
+                raise ResourceExhausted(
+                    f"queue of workspace {self.workspace.name} is full ({self.max_queue} requests); retry later"
+                )
+            self._queue.append(req)
+            self._cond.notify()
+
+    def cancel(self, req: Request, error: MemserveError) -> bool:
+        """Fail a request that has not started; False if it already runs or ran."""
+        with self._cond:
+            try:
+                self._queue.remove(req)
+            except ValueError:
+                return False
+        req.future.set_exception(error)
+        return True
+
+    def fail_model(self, model_id: int, error: MemserveError) -> None:
+        """Fail the model's queued requests and wait for its running one (I7)."""
+        with self._cond:
+            dropped = [r for r in self._queue if r.model_id == model_id]
+            for r in dropped:
+                self._queue.remove(r)
+            while self._running is not None and self._running.model_id == model_id:
+                self._cond.wait()
+        for r in dropped:
+            r.future.set_exception(error)
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for r in pending:
+            r.future.set_exception(Unavailable(f"workspace {self.workspace.name} was closed"))
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _next(self) -> Request | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            self._running = self._queue.popleft()
+            return self._running
+
+    def _done(self) -> None:
+        with self._cond:
+            self._running = None
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        with self.context:
+            while (req := self._next()) is not None:
+                try:
+                    self._run(req)
+                finally:
+                    self._done()
+
+    def _run(self, req: Request) -> None:
+        if req.future.done():  # cancelled by its caller after we dequeued it
+            return
+        if req.deadline is not None and time.monotonic() > req.deadline:
+            req.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+            return
+        ws = self.workspace
+        with ws.lock:
+            ws.enter()
+            req.started = time.perf_counter()
+            try:
+                result = req.job(req, ws)
+            except BaseException as exc:  # the caller gets the error, the lane keeps going
+                req.future.set_exception(exc)
+                return
+            finally:
+                ws.exit()
+        req.future.set_result(result)
+
+
+class Scheduler:
+    """Owns one lane per workspace."""
+
+    def __init__(self, context: Context, max_queue: int = 1024):
+        self.context = context
+        self.max_queue = max_queue
+        self._lanes: dict[str, Lane] = {}
+        self._lock = threading.Lock()
+
+    def lane(self, workspace: Workspace) -> Lane:
+        with self._lock:
+            lane = self._lanes.get(workspace.name)
+            if lane is None or lane.workspace is not workspace:
+                lane = self._lanes[workspace.name] = Lane(workspace, self.context, self.max_queue)
+            return lane
+
+    def retire(self, workspace: Workspace) -> None:
+        """Stop the lane of a workspace that has no members left."""
+        with self._lock:
+            lane = self._lanes.get(workspace.name)
+            if lane is None or lane.workspace is not workspace:
+                return
+            del self._lanes[workspace.name]
+        lane.close()
+
+    def lanes(self) -> list[Lane]:
+        with self._lock:
+            return list(self._lanes.values())
+
+    def close(self) -> None:
+        for lane in self.lanes():
+            self.retire(lane.workspace)
