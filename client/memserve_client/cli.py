@@ -1,0 +1,187 @@
+"""`memserve`: the command line over `Client`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from .client import Client, MemserveError, Model, TensorSpec
+
+PROGRESS_FROM = 8 << 20  # show an upload progress bar for models at least this large
+
+
+def _ref(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _shape(spec: TensorSpec) -> str:
+    return "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
+
+
+def _print_model(m: Model) -> None:
+    print(f"id:          {m.id}")
+    print(f"name:        {m.name}")
+    print(f"workspace:   {m.workspace}")
+    print(f"work size:   {m.work_size} bytes (lower bound {m.work_lower_bound})")
+    print(f"weight size: {m.weight_size} bytes" + ("  (shared with a loaded model)" if m.weights_shared else ""))
+    if m.max_batch:
+        print(f"max batch:   {m.max_batch}")
+    if m.load_time_us:
+        print(f"load time:   {m.load_time_us / 1000:.1f} ms")
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for s in specs:
+            print(f"{kind + ':':<12} {s.name} {s.dtype.name} {_shape(s)}")
+
+
+def _progress(path: str):
+    if not isinstance(path, str) or os.path.getsize(path) < PROGRESS_FROM:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="upload", file=sys.stderr)
+    return (lambda sent, total: bar.update(sent - bar.n)), bar
+
+
+def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        shapes[name] = tuple(int(d) for d in dims.split(",") if d)
+    return shapes
+
+
+def cmd_load(c: Client, a) -> None:
+    progress, bar = _progress(a.model)
+    try:
+        m = c.load(a.model, name=a.name, workspace=a.workspace, max_batch=a.max_batch,
+                   input_shapes=_input_shapes(a.input_shape), progress=progress)
+    finally:
+        if bar:
+            bar.close()
+    _print_model(m)
+
+
+def cmd_query_size(c: Client, a) -> None:
+    s = c.query_size(a.model, max_batch=a.max_batch, input_shapes=_input_shapes(a.input_shape))
+    print(f"work size:        {s.work_size}")
+    print(f"work lower bound: {s.work_lower_bound}")
+    print(f"weight size:      {s.weight_size}")
+
+
+def _random_input(spec: TensorSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
+    shape = tuple(batch if d == -1 else d for d in spec.shape)
+    if spec.dtype.kind == "f":
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if spec.dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(0, 10, shape).astype(spec.dtype)
+
+
+def cmd_infer(c: Client, a) -> None:
+    ref = _ref(a.model)
+    inputs = {}
+    for item in a.input:
+        name, _, path = item.partition("=")
+        inputs[name] = np.load(path)
+    if a.random:
+        rng = np.random.default_rng(a.seed)
+        for spec in c.describe(ref).inputs:
+            inputs.setdefault(spec.name, _random_input(spec, a.batch, rng))
+    if not inputs:
+        raise SystemExit("memserve: give --random or --input NAME=FILE.npy")
+    r = c.execute_with_stats(ref, inputs, timeout=a.timeout)
+    np.set_printoptions(threshold=a.threshold, precision=6, suppress=True)
+    for name, value in r.outputs.items():
+        print(f"{name}: {value.dtype.name} {list(value.shape)}")
+        print(value)
+        if a.output_dir:
+            os.makedirs(a.output_dir, exist_ok=True)
+            np.save(os.path.join(a.output_dir, f"{name}.npy"), value)
+    print(f"queued {r.queue_us} us, computed {r.compute_us} us", file=sys.stderr)
+
+
+def cmd_unload(c: Client, a) -> None:
+    print(f"unloaded {a.model}: {c.unload(_ref(a.model))} bytes freed")
+
+
+def cmd_list(c: Client, a) -> None:
+    models = c.list_models()
+    print(f"{'ID':>4}  {'NAME':<24} {'WORKSPACE':<20} {'WORK':>12} {'WEIGHTS':>12}")
+    for m in models:
+        print(f"{m.id:>4}  {m.name:<24} {m.workspace:<20} {m.work_size:>12} {m.weight_size:>12}")
+
+
+def cmd_describe(c: Client, a) -> None:
+    _print_model(c.describe(_ref(a.model)))
+
+
+def cmd_status(c: Client, a) -> None:
+    s = c.device_status()
+    print(f"device {s.device} ({s.kind}): {s.used} of {s.capacity} bytes used")
+    for kind, n in s.used_by_kind.items():
+        print(f"  {kind:<10} {n:>14}")
+    print("workspaces:")
+    for w in s.workspaces:
+        print(f"  {w.name:<24} {w.size:>12} bytes  models {list(w.model_ids)}  executions {w.executions}")
+    print("weight blocks:")
+    for b in s.weight_blocks:
+        print(f"  {b.digest[:16]:<24} {b.size:>12} bytes  refs {b.refcount}  models {list(b.model_ids)}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memserve", description="Talk to a memserve daemon.")
+    p.add_argument("--target", default=os.environ.get("MEMSERVE_TARGET", "127.0.0.1:50051"),
+                   help="daemon address (default: $MEMSERVE_TARGET or %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_upload(sp):
+        sp.add_argument("model", help="path to an ONNX file")
+        sp.add_argument("--max-batch", type=int, help="largest batch the model will be asked to run")
+        sp.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                        help="shape of an input whose dimensions the model leaves open")
+
+    sp = sub.add_parser("load", help="upload and load a model")
+    model_upload(sp)
+    sp.add_argument("--name", help="name to serve it under")
+    sp.add_argument("--workspace", default="private", help="'private' or 'shared:<group>'")
+    sp.set_defaults(fn=cmd_load)
+    sp = sub.add_parser("query-size", help="work and weight memory a model would need")
+    model_upload(sp)
+    sp.set_defaults(fn=cmd_query_size)
+    sp = sub.add_parser("infer", help="run a loaded model")
+    sp.add_argument("model", help="model id or name")
+    sp.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    sp.add_argument("--random", action="store_true", help="random values for inputs not given")
+    sp.add_argument("--batch", type=int, default=1, help="batch size of random inputs (default 1)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--timeout", type=float, help="seconds")
+    sp.add_argument("--output-dir", help="also save each output as NAME.npy here")
+    sp.add_argument("--threshold", type=int, default=64, help="print at most this many values per output")
+    sp.set_defaults(fn=cmd_infer)
+    for name, fn, text in (("unload", cmd_unload, "unload a model"), ("describe", cmd_describe, "show a model")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("model", help="model id or name")
+        sp.set_defaults(fn=fn)
+    sub.add_parser("list", help="list loaded models").set_defaults(fn=cmd_list)
+    sub.add_parser("status", help="device memory by kind, workspaces, weight blocks").set_defaults(fn=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        with Client(a.target) as c:
+            a.fn(c, a)
+    except MemserveError as err:
+        print(f"memserve: error: {err}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        print(f"memserve: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The Python client for memserve's native API."""
+from __future__ import annotations
+
+import functools
+import io
+import os
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator, Mapping, Union
+
+import grpc
+import numpy as np
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from . import tensors
+from .pb.memserve.v1 import memserve_pb2 as pb
+from .pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+
+CHUNK_SIZE = 1 << 20
+ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+Progress = Callable[[int, int], None]  # (bytes sent, total bytes or 0 when unknown)
+
+
+class MemserveError(Exception):
+    """A failed call: the gRPC status code, its message and memserve's AscendCL-style code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, acl_code: int | None = None, reason: str = ""):
+        super().__init__(f"{code.name}: {message}" + (f" (code {acl_code})" if acl_code else ""))
+        self.code = code
+        self.message = message
+        self.acl_code = acl_code
+        self.reason = reason
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError) -> MemserveError:
+        acl_code, reason = None, ""
+        status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
+        for detail in status.details if status else []:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason = info.reason
+                acl_code = int(info.metadata["acl_code"]) if "acl_code" in info.metadata else None
+        return cls(err.code(), err.details() or "", acl_code, reason)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]  # -1 marks the batch dimension
+
+
+@dataclass(frozen=True)
+class SizeInfo:
+    work_size: int
+    weight_size: int
+    work_lower_bound: int
+
+
+@dataclass(frozen=True)
+class Model:
+    id: int
+    name: str
+    work_size: int
+    weight_size: int
+    work_lower_bound: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    workspace: str = ""
+    max_batch: int = 0
+    weight_digest: str = ""
+    load_time_us: int = 0
+    weights_shared: bool = False
+
+
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    name: str
+    size: int
+    model_ids: tuple[int, ...]
+    executions: int
+    max_concurrent: int
+
+
+@dataclass(frozen=True)
+class WeightBlockStatus:
+    digest: str
+    size: int
+    refcount: int
+    model_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    device: str
+    kind: str
+    capacity: int
+    used: int
+    used_by_kind: dict[str, int] = field(default_factory=dict)
+    workspaces: tuple[WorkspaceStatus, ...] = ()
+    weight_blocks: tuple[WeightBlockStatus, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    outputs: dict[str, np.ndarray]
+    queue_us: int
+    compute_us: int
+
+
+def _rpc(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as err:
+            raise MemserveError.from_rpc(err) from None
+
+    return wrapper
+
+
+class Client:
+    """`with Client("127.0.0.1:50051") as c: m = c.load("mlp.onnx"); c.execute(m, {"x": x})`."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = None,
+                 max_message_size: int = 64 << 20, chunk_size: int = CHUNK_SIZE,
+                 channel: grpc.Channel | None = None):
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+        self._channel = channel or grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_size),
+            ("grpc.max_send_message_length", max_message_size),
+        ])
+        self._stub = pb_grpc.MemserveStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    @_rpc
+    def load(self, model: ModelSource, *, name: str | None = None, workspace: str = "private",
+             max_batch: int | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+             progress: Progress | None = None) -> Model:
+        opts = _load_options(name, workspace, max_batch, input_shapes)
+        r = self._stub.Load(_upload(opts, model, self.chunk_size, progress), timeout=self.timeout)
+        return _model(r.model, load_time_us=r.load_time_us, weights_shared=r.weights_shared)
+
+    @_rpc
+    def query_size(self, model: ModelSource, *, max_batch: int | None = None,
+                   input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> SizeInfo:
+        opts = _load_options(None, "private", max_batch, input_shapes)
+        r = self._stub.QuerySize(_upload(opts, model, self.chunk_size, None), timeout=self.timeout)
+        return SizeInfo(r.sizes.work_size, r.sizes.weight_size, r.sizes.work_lower_bound)
+
+    def execute(self, model: Model | int | str, inputs: Mapping[str, np.ndarray], *,
+                timeout: float | None = None) -> dict[str, np.ndarray]:
+        return self.execute_with_stats(model, inputs, timeout=timeout).outputs
+
+    @_rpc
+    def execute_with_stats(self, model: Model | int | str, inputs: Mapping[str, np.ndarray], *,
+                           timeout: float | None = None) -> ExecuteResult:
+        req = pb.ExecuteRequest(model=_ref(model), inputs=[tensors.to_proto(k, v) for k, v in inputs.items()])
+        r = self._stub.Execute(req, timeout=timeout if timeout is not None else self.timeout)
+        return ExecuteResult({t.name: tensors.from_proto(t) for t in r.outputs}, r.queue_us, r.compute_us)
+
+    @_rpc
+    def unload(self, model: Model | int | str) -> int:
+        """Unload; returns the device bytes freed."""
+        return self._stub.Unload(pb.UnloadRequest(model=_ref(model)), timeout=self.timeout).bytes_freed
+
+    @_rpc
+    def describe(self, model: Model | int | str) -> Model:
+        return _model(self._stub.DescribeModel(_ref(model), timeout=self.timeout))
+
+    @_rpc
+    def list_models(self) -> list[Model]:
+        return [_model(m) for m in self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models]
+
+    @_rpc
+    def device_status(self) -> DeviceStatus:
+        s = self._stub.GetDeviceStatus(pb.GetDeviceStatusRequest(), timeout=self.timeout)
+        return DeviceStatus(
+            s.device, s.kind, s.capacity, s.used,
+            {"weights": s.used_by_kind.weights, "workspace": s.used_by_kind.workspace, "io": s.used_by_kind.io},
+            tuple(WorkspaceStatus(w.name, w.size, tuple(w.model_ids), w.executions, w.max_concurrent)
+                  for w in s.workspaces),
+            tuple(WeightBlockStatus(b.digest, b.size, b.refcount, tuple(b.model_ids)) for b in s.weight_blocks),
+        )
+
+
+def _load_options(name, workspace, max_batch, input_shapes) -> pb.LoadOptions:
+    return pb.LoadOptions(name=name or "", workspace=workspace, max_batch=max_batch or 0,
+                          input_shapes={k: pb.Shape(dims=list(v)) for k, v in (input_shapes or {}).items()})
+
+
+def _upload(opts: pb.LoadOptions, source: ModelSource, chunk: int, progress: Progress | None
+            ) -> Iterator[pb.LoadRequest]:
+    """Options first, then the model in chunks, read lazily so any size streams."""
+    yield pb.LoadRequest(options=opts)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        stream, total, owned = io.BytesIO(source), len(source), True
+    elif isinstance(source, (str, os.PathLike)):
+        stream, total, owned = open(source, "rb"), os.path.getsize(source), True
+    else:
+        stream, total, owned = source, 0, False
+    sent = 0
+    try:
+        while data := stream.read(chunk):
+            yield pb.LoadRequest(chunk=data)
+            sent += len(data)
+            if progress:
+                progress(sent, total)
+    finally:
+        if owned:
+            stream.close()
+
+
+def _ref(model: Model | int | str) -> pb.ModelRef:
+    if isinstance(model, Model):
+        return pb.ModelRef(id=model.id)
+    if isinstance(model, (int, np.integer)) and not isinstance(model, bool):
+        return pb.ModelRef(id=int(model))
+    if isinstance(model, str):
+        return pb.ModelRef(name=model)
+    raise TypeError(f"a model is a Model, an id or a name, not {type(model).__name__}")
+
+
+def _specs(descs) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(d.name, tensors.dtype_from_pb(d.dtype), tuple(d.shape)) for d in descs)
+
+
+def _model(m: pb.ModelInfo, **extra) -> Model:
+    return Model(m.id, m.name, m.sizes.work_size, m.sizes.weight_size, m.sizes.work_lower_bound,
+                 _specs(m.inputs), _specs(m.outputs), m.workspace, m.max_batch, m.weight_digest, **extra)

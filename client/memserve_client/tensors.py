@@ -1,0 +1,53 @@
+"""numpy arrays <-> memserve.v1 Tensor messages; daemon and client share this table."""
+from __future__ import annotations
+
+import numpy as np
+
+from .pb.memserve.v1 import memserve_pb2 as pb
+
+_TO_NUMPY: dict[int, np.dtype] = {
+    pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2"), pb.FLOAT64: np.dtype("<f8"),
+    pb.INT8: np.dtype("i1"), pb.INT16: np.dtype("<i2"), pb.INT32: np.dtype("<i4"), pb.INT64: np.dtype("<i8"),
+    pb.UINT8: np.dtype("u1"), pb.UINT16: np.dtype("<u2"), pb.UINT32: np.dtype("<u4"), pb.UINT64: np.dtype("<u8"),
+    pb.BOOL: np.dtype("?"),
+}
+_TO_PB: dict[str, int] = {dt.name: code for code, dt in _TO_NUMPY.items()}
+
+
+def dtype_to_pb(dtype: np.dtype) -> int:
+    try:
+        return _TO_PB[np.dtype(dtype).name]
+    except KeyError:
+        raise ValueError(f"dtype {np.dtype(dtype)} is not supported; use one of {sorted(_TO_PB)}") from None
+
+
+def dtype_from_pb(code: int) -> np.dtype:
+    try:
+        return _TO_NUMPY[code]
+    except KeyError:
+        raise ValueError(f"unknown data type code {code}") from None
+
+
+def dtype_name(code: int) -> str:
+    return pb.DataType.Name(code).lower()
+
+
+def to_proto(name: str, array: np.ndarray) -> pb.Tensor:
+    a = np.asarray(array)
+    code = dtype_to_pb(a.dtype)
+    a = np.ascontiguousarray(a, dtype=_TO_NUMPY[code])
+    return pb.Tensor(name=name, dtype=code, shape=a.shape, data=a.tobytes())
+
+
+def from_proto(t: pb.Tensor) -> np.ndarray:
+    """A read-only view over the message's bytes (no copy)."""
+    dtype = dtype_from_pb(t.dtype)
+    shape = tuple(t.shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"tensor {t.name!r} has a negative dimension in {list(shape)}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(t.data) != expected:
+        raise ValueError(
+            f"tensor {t.name!r} carries {len(t.data)} bytes; shape {list(shape)} of {dtype.name} needs {expected}"
+        )
+    return np.frombuffer(t.data, dtype=dtype).reshape(shape)

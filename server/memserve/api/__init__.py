@@ -1,0 +1,1 @@
+"""gRPC servicers, one per protocol, thin over the registry."""

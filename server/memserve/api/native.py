@@ -1,0 +1,148 @@
+"""The memserve.v1 servicer: message <-> registry call, nothing more."""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import grpc
+import numpy as np
+
+from memserve_client import tensors
+from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+
+from ..errors import Cancelled, InputMismatch, InvalidArgument, ResourceExhausted
+from ..model import IOSpec, Plan
+from ..pool import Workspace
+from ..registry import LoadedModel, LoadOptions, ModelRef, Registry
+from .status import handle_errors
+
+
+class NativeServicer(pb_grpc.MemserveServicer):
+    def __init__(self, registry: Registry, max_model_size: int):
+        self.registry = registry
+        self.max_model_size = max_model_size
+
+    @handle_errors
+    def Load(self, request_iterator, context):
+        options, data = read_upload(request_iterator, context, self.max_model_size)
+        model = self.registry.load(data, options)
+        if not context.is_active():  # the client left: it never learns the id, so nothing may stay
+            self.registry.unload(model.id)
+            raise Cancelled("client cancelled the load")
+        return pb.LoadResponse(model=model_info(model), load_time_us=model.load_time_us,
+                               weights_shared=model.weights_shared)
+
+    @handle_errors
+    def QuerySize(self, request_iterator, context):
+        options, data = read_upload(request_iterator, context, self.max_model_size)
+        plan = self.registry.query_size(data, options)
+        return pb.QuerySizeResponse(sizes=size_info(plan), inputs=tensor_descs(plan.inputs),
+                                    outputs=tensor_descs(plan.outputs))
+
+    @handle_errors
+    def Execute(self, request, context):
+        arrays = input_arrays(request.inputs)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        pending = self.registry.submit(model_ref(request.model), arrays, deadline)
+        context.add_callback(pending.cancel)
+        result = pending.result()
+        return pb.ExecuteResponse(
+            outputs=[pb.Tensor(name=o.name, dtype=tensors.dtype_to_pb(o.dtype), shape=o.shape, data=o.data)
+                     for o in result.outputs],
+            queue_us=result.queue_us, compute_us=result.compute_us)
+
+    @handle_errors
+    def Unload(self, request, context):
+        return pb.UnloadResponse(bytes_freed=self.registry.unload(model_ref(request.model)))
+
+    @handle_errors
+    def DescribeModel(self, request, context):
+        return model_info(self.registry.get(model_ref(request)))
+
+    @handle_errors
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[model_info(m) for m in self.registry.list()])
+
+    @handle_errors
+    def GetDeviceStatus(self, request, context):
+        reg = self.registry
+        dev = reg.device
+        used = dev.used_by_kind()
+        return pb.DeviceStatus(
+            device=dev.name, kind=dev.kind, capacity=dev.capacity, used=sum(used.values()),
+            used_by_kind=pb.UsedBytes(weights=used["weights"], workspace=used["workspace"], io=used["io"]),
+            workspaces=[workspace_info(ws) for ws in reg.pool.workspaces()],
+            weight_blocks=[pb.WeightBlockInfo(digest=b.digest, size=b.buffer.nbytes, refcount=len(b.users),
+                                              model_ids=sorted(b.users)) for b in reg.weights.blocks()],
+        )
+
+
+def read_upload(request_iterator: Iterator[pb.LoadRequest], context: grpc.ServicerContext,
+                max_size: int) -> tuple[LoadOptions, bytes]:
+    """Options from the first message, then the model bytes from the chunks."""
+    options = None
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for msg in request_iterator:
+            part = msg.WhichOneof("part")
+            if part == "options":
+                if options is not None or chunks:
+                    raise InvalidArgument("load options must come once, in the first message")
+                options = load_options(msg.options)
+            elif part == "chunk":
+                total += len(msg.chunk)
+                if total > max_size:
+                    raise ResourceExhausted(f"model is larger than the daemon's --max-model-size of {max_size} bytes")
+                chunks.append(msg.chunk)
+    except grpc.RpcError:
+        raise Cancelled("client cancelled the upload") from None
+    if not context.is_active():
+        raise Cancelled("client cancelled the upload")
+    return options or LoadOptions(), b"".join(chunks)
+
+
+def load_options(o: pb.LoadOptions) -> LoadOptions:
+    return LoadOptions(name=o.name, workspace=o.workspace or "private", max_batch=o.max_batch,
+                       input_shapes={k: tuple(v.dims) for k, v in o.input_shapes.items()})
+
+
+def model_ref(ref: pb.ModelRef) -> ModelRef:
+    which = ref.WhichOneof("ref")
+    if which is None:
+        raise InvalidArgument("name the model by id or by name")
+    return getattr(ref, which)
+
+
+def input_arrays(inputs) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for t in inputs:
+        if t.name in arrays:
+            raise InputMismatch(f"input {t.name!r} is given twice")
+        try:
+            arrays[t.name] = tensors.from_proto(t)
+        except ValueError as exc:
+            raise InputMismatch(str(exc)) from None
+    return arrays
+
+
+def size_info(plan: Plan) -> pb.SizeInfo:
+    return pb.SizeInfo(work_size=plan.work_size, weight_size=plan.weight_size,
+                       work_lower_bound=plan.work_lower_bound)
+
+
+def tensor_descs(specs: list[IOSpec]) -> list[pb.TensorDesc]:
+    return [pb.TensorDesc(name=s.name, dtype=tensors.dtype_to_pb(s.dtype), shape=s.shape) for s in specs]
+
+
+def model_info(m: LoadedModel) -> pb.ModelInfo:
+    return pb.ModelInfo(id=m.id, name=m.name, sizes=size_info(m.plan), inputs=tensor_descs(m.plan.inputs),
+                        outputs=tensor_descs(m.plan.outputs), workspace=m.workspace.name,
+                        max_batch=m.plan.max_batch, weight_digest=m.plan.weight_digest)
+
+
+def workspace_info(ws: Workspace) -> pb.WorkspaceInfo:
+    return pb.WorkspaceInfo(name=ws.name, size=ws.size, model_ids=sorted(ws.members),
+                            executions=ws.executions, max_concurrent=ws.max_concurrent)

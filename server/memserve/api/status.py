@@ -1,0 +1,46 @@
+"""Turns exceptions into gRPC statuses with an AscendCL-style code in the details.
+
+The details are a google.rpc.Status carrying one google.rpc.ErrorInfo
+(reason, domain "memserve", metadata {"acl_code": "100011"}), the standard
+rich-error form that grpcio-status and other gRPC clients decode.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..errors import InternalError, MemserveError
+
+log = logging.getLogger("memserve.api")
+DOMAIN = "memserve"
+
+
+def abort(context: grpc.ServicerContext, err: MemserveError) -> None:
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata={"acl_code": str(err.acl_code)})
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def handle_errors(method):
+    """Map MemserveError to its status; anything else is a bug: log it, answer INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except MemserveError as err:
+            abort(context, err)
+        except Exception as exc:  # noqa: BLE001 - the daemon must outlive its bugs
+            if context.code() is not None:  # already aborted, e.g. by grpc itself
+                raise
+            log.exception("internal error in %s", method.__name__)
+            abort(context, InternalError(f"internal error in {method.__name__}: {type(exc).__name__}: {exc}"))
+
+    return wrapper

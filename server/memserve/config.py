@@ -1,0 +1,66 @@
+"""Daemon configuration: one dataclass, filled from command-line flags."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'512MiB' -> 536870912; plain numbers are bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 1048576, 512MiB, 4GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def default_device_memory() -> int:
+    """Half of the host's RAM: the rest stays for the process and the OS."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError):
+        return 4 * 2**30
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    device: str = "cpu"
+    device_memory: int = 0  # 0: default_device_memory()
+    max_model_size: int = 2 * 2**30
+    max_message_size: int = 64 * 2**20
+    max_queue: int = 1024
+    workers: int = 64
+    log_level: str = "INFO"
+
+
+def parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(prog="memserved", description="memserve: a gRPC model-serving daemon")
+    p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="port to listen on; 0 picks a free one (default %(default)s)")
+    p.add_argument("--device", default=d.device, help="device kind (default %(default)s)")
+    p.add_argument("--device-memory", type=parse_size, default=0,
+                   help="device memory capacity, e.g. 512MiB or 4GiB (default: half of RAM)")
+    p.add_argument("--max-model-size", type=parse_size, default=d.max_model_size,
+                   help="largest model upload accepted (default 2GiB)")
+    p.add_argument("--max-message-size", type=parse_size, default=d.max_message_size,
+                   help="largest gRPC message accepted or sent (default 64MiB)")
+    p.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="requests that may wait on one workspace (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="gRPC handler threads (default %(default)s)")
+    p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
+    return p
+
+
+def from_args(argv: list[str] | None = None) -> Config:
+    ns = parser().parse_args(argv)
+    cfg = Config(**vars(ns))
+    cfg.device_memory = cfg.device_memory or default_device_memory()
+    return cfg

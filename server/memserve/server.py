@@ -1,0 +1,70 @@
+"""Builds the gRPC server: the native API, health and reflection on one port."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from memserve_client.pb.memserve.v1 import memserve_pb2, memserve_pb2_grpc
+
+from .api.native import NativeServicer
+from .config import Config
+from .device import make_device
+from .registry import Registry
+
+log = logging.getLogger("memserve")
+NATIVE_SERVICE = memserve_pb2.DESCRIPTOR.services_by_name["Memserve"].full_name
+
+
+class Daemon:
+    """The registry on its device, served over gRPC."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.device = make_device(config.device, config.device_memory)
+        self.registry = Registry(self.device, config.max_queue)
+        self.health = health.HealthServicer()
+        limit = config.max_message_size
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+        memserve_pb2_grpc.add_MemserveServicer_to_server(
+            NativeServicer(self.registry, config.max_model_size), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [NATIVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server)
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port}")
+
+    def start(self) -> None:
+        self.server.start()
+        for service in ("", NATIVE_SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.registry.close()
+
+
+def run(config: Config) -> int:
+    daemon = Daemon(config)
+    daemon.start()
+    print(f"memserved listening on {config.host}:{daemon.port} "
+          f"(device {daemon.device.name}, {daemon.device.capacity} bytes)", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    daemon.stop()
+    return 0
+
