@@ -16,7 +16,7 @@ from . import tensors
 from .pb.memserve.v1 import memserve_pb2 as pb
 from .pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 512 << 10  # well under any sane --max-message-size
 ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 Progress = Callable[[int, int], None]  # (bytes sent, total bytes or 0 when unknown)
 

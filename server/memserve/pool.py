@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .device import Buffer, Device
+from .device import Buffer, Device, align_up
 from .errors import InternalError, InvalidArgument, ResourceExhausted
 from .model import Plan
 
@@ -166,7 +166,7 @@ class WorkspacePool:
         name, _ = self.key(mode, model_id)
         with self._lock:
             ws = self._spaces.get(name)
-            return max(0, work_size - (ws.size if ws else 0))
+            return max(0, align_up(work_size) - (ws.size if ws else 0))
 
     def join(self, model_id: int, mode: str, work_size: int) -> Workspace:
         name, shared = self.key(mode, model_id)

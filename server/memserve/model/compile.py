@@ -59,8 +59,8 @@ def compile_model(data: bytes, options: CompileOptions = CompileOptions()) -> Pl
 def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     inputs, max_batch = _resolve_inputs(graph, options)
     b = _Builder()
-    for spec in inputs:
-        b.add(spec.name, TensorInfo(spec.dtype, spec.shape), INPUT)
+    input_specs = [IOSpec(s.name, s.dtype, _batch_marked(s.shape, max_batch),
+                          b.add(s.name, TensorInfo(s.dtype, s.shape), INPUT)) for s in inputs]
     used = {i for n in graph.nodes for i in n.inputs} | set(graph.outputs)
     for name, value in graph.weights.items():
         if name in used:
@@ -71,7 +71,6 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     outputs = [b.claim_output(name) for name in graph.outputs]
     work = b.plan_work()
     weight_size, digest = b.layout_weights(graph.weights)
-    input_specs = [IOSpec(s.name, s.dtype, _batch_marked(s.shape, max_batch), b.index[s.name]) for s in inputs]
     plan = Plan(
         tensors=b.slots, steps=b.steps, inputs=input_specs, outputs=[], max_batch=max_batch,
         work_size=work.size, work_lower_bound=work.lower_bound, peak_step=work.peak_step,

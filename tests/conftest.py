@@ -1,0 +1,82 @@
+"""Fixtures: the real daemon as a subprocess on a free loopback port, and clients for it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from memserve_client import Client
+
+
+class Daemon:
+    """`memserved` started as a user would, on port 0; the port is read from its banner."""
+
+    def __init__(self, *args: str):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "memserve", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"memserved did not start: {line}{self.proc.stdout.read()}")
+        self.target = line.split("listening on ")[1].split()[0]
+        self.port = int(self.target.rsplit(":", 1)[1])
+
+    def client(self, **kw) -> Client:
+        return Client(self.target, **kw)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    d = Daemon("--device-memory", "1GiB")
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def client(daemon):
+    with daemon.client(timeout=60) as c:
+        yield c
+        # Each test leaves the shared daemon empty, as it found it.
+        for m in c.list_models():
+            c.unload(m)
+
+
+@pytest.fixture
+def make_daemon():
+    started = []
+
+    def start(*args: str) -> Daemon:
+        d = Daemon(*args)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,128 @@
+"""compile(): storage, exact offsets, aliases, batch handling, and every refusal."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from memserve.errors import InputMismatch, InvalidArgument, ModelParseError, UnsupportedModel
+from memserve.model import CompileOptions, compile_model
+from memserve.model.plan import INPUT, IO, WEIGHT, WORK
+
+from models import F32, graph_model, mlp_bytes, run_local, with_external_data
+
+
+def slots(plan):
+    return {s.name: s for s in plan.tensors}
+
+
+def test_example_mlp_plan_has_hand_checked_offsets():
+    # 64-128-128-10 at batch 1: activations are 512 bytes; each lives two
+    # steps, so two alternate between offsets 0 and 512; the softmax
+    # reduction (64 bytes aligned) sits beside the last Gemm's output.
+    plan = compile_model(mlp_bytes())
+    s = slots(plan)
+    assert {n: s[n].offset for n in ("h0", "a0", "h1", "a1", "h2", "softmax:scratch0")} == {
+        "h0": 0, "a0": 512, "h1": 0, "a1": 512, "h2": 0, "softmax:scratch0": 64}
+    assert (plan.work_size, plan.work_lower_bound) == (1024, 1024)
+    # Weights: each at the next 64-byte boundary, in first-use order.
+    assert [s[n].offset for n in ("W0", "b0", "W1", "b1", "W2", "b2")] == [0, 32768, 33280, 98816, 99328, 104448]
+    assert plan.weight_size == 104512
+    assert s["x"].storage == INPUT and s["probs"].storage == IO and s["W0"].storage == WEIGHT
+
+
+def test_max_batch_scales_work_memory():
+    plan = compile_model(mlp_bytes(), CompileOptions(max_batch=8))
+    assert plan.max_batch == 8 and plan.work_size == 8192
+    assert plan.inputs[0].shape == (-1, 64) and plan.outputs[0].shape == (-1, 10)
+
+
+def test_aliases_cost_nothing_and_view_their_root():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Reshape", ["r", "shape"], ["rs"]),
+        helper.make_node("Flatten", ["rs"], ["f"], axis=1),
+        helper.make_node("Identity", ["f"], ["i"]),
+        helper.make_node("Sigmoid", ["i"], ["y"]),
+    ]
+    model = graph_model(nodes, [("x", F32, ["N", 2, 8])], [("y", F32, ["N", 16])],
+                        {"shape": np.array([-1, 4, 4], np.int64)})
+    plan = compile_model(model, CompileOptions(max_batch=2))
+    s = slots(plan)
+    assert s["rs"].root == s["f"].root == s["i"].root == plan.tensors.index(s["r"])
+    assert plan.work_size == 128 and plan.work_lower_bound == 128  # only r: 2*16 floats
+    x = np.random.default_rng(0).standard_normal((2, 2, 8)).astype(np.float32)
+    (y,) = run_local(model, {"x": x}, max_batch=2)
+    np.testing.assert_allclose(y, 1 / (1 + np.exp(-np.maximum(x, 0).reshape(2, 16))), rtol=1e-6)
+
+
+def test_output_that_is_an_alias_lives_in_io_memory():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "shape"], ["y"])]
+    model = graph_model(nodes, [("x", F32, [2, 3])], [("y", F32, [6])], {"shape": np.array([6], np.int64)})
+    plan = compile_model(model)
+    assert slots(plan)["r"].storage == IO and plan.work_size == 0
+    x = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(run_local(model, {"x": x})[0], np.maximum(x, 0).reshape(6))
+
+
+def test_outputs_that_are_inputs_weights_or_repeats_get_copies():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["r2"])]
+    model = graph_model(nodes, [("x", F32, [3])], [("r", F32, [3]), ("r2", F32, [3]), ("x", F32, [3]),
+                                                    ("w", F32, [3])], {"w": np.ones(3, np.float32)})
+    x = np.array([-1, 0, 2], np.float32)
+    r, r2, x_out, w = run_local(model, {"x": x})
+    np.testing.assert_array_equal(r, [0, 0, 2])
+    np.testing.assert_array_equal(r2, [0, 0, 2])
+    np.testing.assert_array_equal(x_out, x)
+    np.testing.assert_array_equal(w, np.ones(3))
+
+
+def test_input_validation_at_execute():
+    plan = compile_model(mlp_bytes(), CompileOptions(max_batch=4))
+    ok = np.zeros((3, 64), np.float32)
+    assert plan.batch_of({"x": ok}) == 3
+    for bad, msg in [({}, "missing"), ({"x": ok, "z": ok}, "unknown"),
+                     ({"x": ok.astype(np.float64)}, "must be float32"),
+                     ({"x": np.zeros((3, 63), np.float32)}, "must have shape"),
+                     ({"x": np.zeros((5, 64), np.float32)}, "1 to 4")]:
+        with pytest.raises(InputMismatch, match=msg):
+            plan.batch_of(bad)
+
+
+def test_open_dimensions_must_be_given():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    model = graph_model(nodes, [("x", F32, ["N", "seq"])], [("y", F32, ["N", "seq"])])
+    with pytest.raises(InvalidArgument, match=r"dimension 1 \('seq'\) is left open"):
+        compile_model(model)
+    plan = compile_model(model, CompileOptions(input_shapes={"x": (4, 7)}))
+    assert plan.max_batch == 4 and plan.inputs[0].shape == (-1, 7)
+    with pytest.raises(InvalidArgument, match="not inputs of the model"):
+        compile_model(model, CompileOptions(input_shapes={"nope": (1, 2)}))
+
+
+def test_garbage_and_empty_bytes():
+    with pytest.raises(ModelParseError, match="not an ONNX"):
+        compile_model(b"\x00\x01garbage" * 10)
+    with pytest.raises(ModelParseError, match="empty"):
+        compile_model(b"")
+    with pytest.raises(ModelParseError):
+        compile_model(mlp_bytes()[:500])  # truncated
+
+
+def test_unsupported_op_is_named():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("LpNormalization", ["r"], ["y"], name="norm")]
+    model = graph_model(nodes, [("x", F32, [2])], [("y", F32, [2])])
+    with pytest.raises(UnsupportedModel, match=r"'norm' \(LpNormalization\)"):
+        compile_model(model)
+
+
+def test_subgraph_is_refused_naming_the_node():
+    branch = helper.make_graph([helper.make_node("Identity", ["x"], ["o"])], "b", [],
+                               [helper.make_tensor_value_info("o", F32, [2])])
+    nodes = [helper.make_node("If", ["c"], ["y"], name="branchy", then_branch=branch, else_branch=branch)]
+    model = graph_model(nodes, [("c", TensorProto.BOOL, []), ("x", F32, [2])], [("y", F32, [2])])
+    with pytest.raises(UnsupportedModel, match=r"'branchy' \(If\) has a subgraph"):
+        compile_model(model)
+
+
+def test_external_data_is_refused():
+    with pytest.raises(UnsupportedModel, match="external file"):
+        compile_model(with_external_data(mlp_bytes()))
