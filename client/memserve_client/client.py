@@ -80,6 +80,7 @@ class WorkspaceStatus:
     model_ids: tuple[int, ...]
     executions: int
     max_concurrent: int
+    queued: int
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class Client:
         return DeviceStatus(
             s.device, s.kind, s.capacity, s.used,
             {"weights": s.used_by_kind.weights, "workspace": s.used_by_kind.workspace, "io": s.used_by_kind.io},
-            tuple(WorkspaceStatus(w.name, w.size, tuple(w.model_ids), w.executions, w.max_concurrent)
+            tuple(WorkspaceStatus(w.name, w.size, tuple(w.model_ids), w.executions, w.max_concurrent, w.queued)
                   for w in s.workspaces),
             tuple(WeightBlockStatus(b.digest, b.size, b.refcount, tuple(b.model_ids)) for b in s.weight_blocks),
         )

@@ -157,6 +157,11 @@ class Scheduler:
             del self._lanes[workspace.name]
         lane.close()
 
+    def depth(self, workspace: Workspace) -> int:
+        with self._lock:
+            lane = self._lanes.get(workspace.name)
+        return lane.depth() if lane is not None and lane.workspace is workspace else 0
+
     def lanes(self) -> list[Lane]:
         with self._lock:
             return list(self._lanes.values())

@@ -73,7 +73,7 @@ class NativeServicer(pb_grpc.MemserveServicer):
         return pb.DeviceStatus(
             device=dev.name, kind=dev.kind, capacity=dev.capacity, used=sum(used.values()),
             used_by_kind=pb.UsedBytes(weights=used["weights"], workspace=used["workspace"], io=used["io"]),
-            workspaces=[workspace_info(ws) for ws in reg.pool.workspaces()],
+            workspaces=[workspace_info(ws, reg.scheduler.depth(ws)) for ws in reg.pool.workspaces()],
             weight_blocks=[pb.WeightBlockInfo(digest=b.digest, size=b.buffer.nbytes, refcount=len(b.users),
                                               model_ids=sorted(b.users)) for b in reg.weights.blocks()],
         )
@@ -143,6 +143,6 @@ def model_info(m: LoadedModel) -> pb.ModelInfo:
                         max_batch=m.plan.max_batch, weight_digest=m.plan.weight_digest)
 
 
-def workspace_info(ws: Workspace) -> pb.WorkspaceInfo:
+def workspace_info(ws: Workspace, queued: int) -> pb.WorkspaceInfo:
     return pb.WorkspaceInfo(name=ws.name, size=ws.size, model_ids=sorted(ws.members),
-                            executions=ws.executions, max_concurrent=ws.max_concurrent)
+                            executions=ws.executions, max_concurrent=ws.max_concurrent, queued=queued)

@@ -204,18 +204,20 @@ class UsedBytes(_message.Message):
     def __init__(self, weights: _Optional[int] = ..., workspace: _Optional[int] = ..., io: _Optional[int] = ...) -> None: ...
 
 class WorkspaceInfo(_message.Message):
-    __slots__ = ("name", "size", "model_ids", "executions", "max_concurrent")
+    __slots__ = ("name", "size", "model_ids", "executions", "max_concurrent", "queued")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
     EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
     name: str
     size: int
     model_ids: _containers.RepeatedScalarFieldContainer[int]
     executions: int
     max_concurrent: int
-    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., model_ids: _Optional[_Iterable[int]] = ..., executions: _Optional[int] = ..., max_concurrent: _Optional[int] = ...) -> None: ...
+    queued: int
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., model_ids: _Optional[_Iterable[int]] = ..., executions: _Optional[int] = ..., max_concurrent: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
 
 class WeightBlockInfo(_message.Message):
     __slots__ = ("digest", "size", "refcount", "model_ids")
