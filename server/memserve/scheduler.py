@@ -44,15 +44,30 @@ class Lane:
         self._thread.start()
 
     def submit(self, req: Request) -> None:
+        """Queue the request; on an idle lane, run it right here instead.
+
+        Running inline on the caller's thread saves two thread hand-offs per
+        request; it claims the lane exactly as the worker does, so I1 holds.
+        """
         with self._cond:
             if self._closed:
                 raise Unavailable(f"workspace {self.workspace.name} is closing; retry")
-            if len(self._queue) >= self.max_queue:
+            inline = not self._queue and self._running is None
+            if inline:
+                self._running = req
+            elif len(self._queue) >= self.max_queue:
                 raise ResourceExhausted(
                     f"queue of workspace {self.workspace.name} is full ({self.max_queue} requests); retry later"
                 )
-            self._queue.append(req)
-            self._cond.notify()
+            else:
+                self._queue.append(req)
+                self._cond.notify()
+        if inline:
+            try:
+                with self.context:
+                    self._run(req)
+            finally:
+                self._done()
 
     def cancel(self, req: Request, error: MemserveError) -> bool:
         """Fail a request that has not started; False if it already runs or ran."""
@@ -92,7 +107,7 @@ class Lane:
 
     def _next(self) -> Request | None:
         with self._cond:
-            while not self._queue and not self._closed:
+            while (not self._queue or self._running is not None) and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return None

@@ -1,0 +1,33 @@
+# `make serve` starts the daemon, `make test` runs every test; both create
+# (or reuse) the virtual environment in .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+ARGS ?=
+
+.PHONY: serve test protos bench example clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+serve: $(STAMP)
+	$(BIN)/memserved --host 127.0.0.1 --port 50051 --device cpu $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+protos: $(STAMP)
+	$(BIN)/python tools/gen_protos.py
+
+example: $(STAMP)
+	$(BIN)/python examples/make_mlp.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/execute_latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
