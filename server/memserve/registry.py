@@ -44,7 +44,6 @@ class LoadedModel:
     options: LoadOptions
     weights_shared: bool
     load_time_us: int
-    unloading: bool = False
 
 
 @dataclass
@@ -142,14 +141,14 @@ class Registry:
             self.weights.release(model_id, plan.weight_digest)
             raise
         lane = self.scheduler.lane(ws)
+        lane.admit(model_id)
         return LoadedModel(model_id, name, plan, Executable(plan, weights), ws, lane, options, shared, 0)
 
     def unload(self, ref: ModelRef) -> int:
         """Fail queued requests, wait for the running one, free memory (I7); returns bytes freed."""
         with self._admin:
             model = self.get(ref)
-            model.unloading = True
-            model.lane.fail_model(model.id, FailedPrecondition(
+            model.lane.retire_model(model.id, FailedPrecondition(
                 f"model {model.name!r} (id {model.id}) was unloaded before this request ran"))
             with self.context:
                 freed = self.pool.leave(model.id, model.workspace)
@@ -186,8 +185,6 @@ class Registry:
     def submit(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None) -> Pending:
         """Validate inputs and queue them on the model's lane."""
         model = self.get(ref)
-        if model.unloading:
-            raise FailedPrecondition(f"model {model.name!r} is unloading")
         batch = model.plan.batch_of(arrays)
         model.plan.infos_at(batch)  # a batch the plan cannot hold fails here, not on the lane
         req = Request(model.id, lambda r, ws: self._run(model, arrays, batch, r, ws), deadline)

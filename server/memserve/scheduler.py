@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .device import Context
-from .errors import DeadlineExceeded, MemserveError, ResourceExhausted, Unavailable
+from .errors import DeadlineExceeded, FailedPrecondition, MemserveError, ResourceExhausted, Unavailable
 from .pool import Workspace
 
 Job = Callable[["Request", Workspace], Any]
@@ -39,6 +39,7 @@ class Lane:
         self._queue: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
         self._running: Request | None = None
+        self._models: set[int] = set()  # models that may queue here
         self._closed = False
         self._thread = threading.Thread(target=self._work, name=f"lane[{workspace.name}]", daemon=True)
         self._thread.start()
@@ -52,6 +53,8 @@ class Lane:
         with self._cond:
             if self._closed:
                 raise Unavailable(f"workspace {self.workspace.name} is closing; retry")
+            if req.model_id not in self._models:
+                raise FailedPrecondition(f"model {req.model_id} is being unloaded")
             inline = not self._queue and self._running is None
             if inline:
                 self._running = req
@@ -79,16 +82,22 @@ class Lane:
         req.future.set_exception(error)
         return True
 
-    def fail_model(self, model_id: int, error: MemserveError) -> None:
-        """Fail the model's queued requests and wait for its running one (I7)."""
+    def admit(self, model_id: int) -> None:
         with self._cond:
+            self._models.add(model_id)
+
+    def retire_model(self, model_id: int, error: MemserveError) -> None:
+        """Refuse the model's new requests, fail its queued ones, wait for its running one (I7)."""
+        with self._cond:
+            self._models.discard(model_id)
             dropped = [r for r in self._queue if r.model_id == model_id]
             for r in dropped:
                 self._queue.remove(r)
-            while self._running is not None and self._running.model_id == model_id:
-                self._cond.wait()
         for r in dropped:
             r.future.set_exception(error)
+        with self._cond:
+            while self._running is not None and self._running.model_id == model_id:
+                self._cond.wait()
 
     def depth(self) -> int:
         with self._cond:

@@ -1,0 +1,120 @@
+"""Lanes in isolation: order, idle fast path, queue bound, deadlines, cancel, retire."""
+import threading
+import time
+
+import pytest
+
+from memserve.device import CpuDevice, current_context
+from memserve.errors import Cancelled, DeadlineExceeded, FailedPrecondition, ResourceExhausted, Unavailable
+from memserve.pool import Workspace
+from memserve.scheduler import Lane, Request
+
+
+@pytest.fixture
+def lane():
+    dev = CpuDevice(1 << 20)
+    lane = Lane(Workspace("shared:t", True), dev.context, max_queue=3)
+    lane.admit(1)
+    lane.admit(2)
+    yield lane
+    lane.close()
+
+
+def blocker(gate: threading.Event, log: list, name: str):
+    def job(req, ws):
+        log.append((name, threading.current_thread().name, current_context()))
+        gate.wait(5)
+        return name
+
+    return job
+
+
+def submit_async(lane, req):
+    t = threading.Thread(target=lane.submit, args=(req,))
+    t.start()
+    return t
+
+
+def test_idle_lane_runs_on_the_caller_then_queue_is_fifo_on_the_worker(lane):
+    gate, log = threading.Event(), []
+    first = Request(1, blocker(gate, log, "first"))
+    t = submit_async(lane, first)  # idle: runs on this submitting thread
+    time.sleep(0.05)
+    rest = [Request(1 + i % 2, blocker(gate, log, f"q{i}")) for i in range(3)]
+    for r in rest:
+        lane.submit(r)  # busy: queued
+    assert lane.depth() == 3
+    gate.set()
+    t.join()
+    assert [r.future.result(5) for r in [first, *rest]] == ["first", "q0", "q1", "q2"]
+    assert [name for name, _, _ in log] == ["first", "q0", "q1", "q2"]
+    assert log[0][1] != "lane[shared:t]" and {th for _, th, _ in log[1:]} == {"lane[shared:t]"}
+    assert all(ctx is lane.context for _, _, ctx in log)  # I5 on both paths
+    assert lane.workspace.max_concurrent == 1 and lane.workspace.executions == 4
+
+
+def test_full_queue_is_refused_at_once(lane):
+    gate = threading.Event()
+    t = submit_async(lane, Request(1, blocker(gate, [], "run")))
+    time.sleep(0.05)
+    for _ in range(3):
+        lane.submit(Request(1, blocker(gate, [], "q")))
+    with pytest.raises(ResourceExhausted, match="full"):
+        lane.submit(Request(1, blocker(gate, [], "over")))
+    gate.set()
+    t.join()
+
+
+def test_expired_and_cancelled_requests_never_run(lane):
+    gate, log = threading.Event(), []
+    t = submit_async(lane, Request(1, blocker(gate, log, "run")))
+    time.sleep(0.05)
+    expired = Request(1, blocker(gate, log, "expired"), deadline=time.monotonic() + 0.01)
+    cancelled = Request(1, blocker(gate, log, "cancelled"))
+    lane.submit(expired)
+    lane.submit(cancelled)
+    assert lane.cancel(cancelled, Cancelled("bye"))
+    time.sleep(0.05)
+    gate.set()
+    t.join()
+    with pytest.raises(DeadlineExceeded):
+        expired.future.result(5)
+    with pytest.raises(Cancelled):
+        cancelled.future.result(5)
+    assert [n for n, _, _ in log] == ["run"]
+
+
+def test_retired_model_fails_queued_waits_for_running_and_refuses_new(lane):
+    gate, log = threading.Event(), []
+    running = Request(1, blocker(gate, log, "running"))
+    t = submit_async(lane, running)
+    time.sleep(0.05)
+    queued_1, queued_2 = Request(1, blocker(gate, log, "q1")), Request(2, blocker(gate, log, "q2"))
+    lane.submit(queued_1)
+    lane.submit(queued_2)
+    retired = threading.Event()
+    r = threading.Thread(target=lambda: (lane.retire_model(1, FailedPrecondition("unloaded")), retired.set()))
+    r.start()
+    assert not retired.wait(0.1)  # waits for the running execution of model 1
+    with pytest.raises(FailedPrecondition):
+        queued_1.future.result(1)
+    with pytest.raises(FailedPrecondition, match="being unloaded"):
+        lane.submit(Request(1, blocker(gate, log, "late")))
+    gate.set()
+    t.join()
+    r.join()
+    assert running.future.result(5) == "running" and queued_2.future.result(5) == "q2"
+    assert [n for n, _, _ in log] == ["running", "q2"]
+
+
+def test_close_fails_what_waits(lane):
+    gate = threading.Event()
+    t = submit_async(lane, Request(1, blocker(gate, [], "run")))
+    time.sleep(0.05)
+    waiting = Request(1, blocker(gate, [], "w"))
+    lane.submit(waiting)
+    gate.set()
+    t.join()
+    lane.close()
+    with pytest.raises(Unavailable):
+        lane.submit(Request(1, blocker(gate, [], "after")))
