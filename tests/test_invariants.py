@@ -11,7 +11,9 @@ import pytest
 from memserve_client import MemserveError
 
 from conftest import wait_for
-from models import ROOT, chain_model, mlp_bytes
+from onnx import helper
+
+from models import F32, ROOT, chain_model, graph_model, mlp_bytes
 
 EXAMPLE = ROOT / "examples" / "mlp.onnx"
 
@@ -106,9 +108,11 @@ def test_i6_expired_and_cancelled_requests_are_dropped_before_they_run(daemon, c
 def test_i3_i4_memory_returns_to_zero_after_any_mix(client):
     rng = random.Random(5)
     good = [EXAMPLE.read_bytes(), mlp_bytes(seed=9), mlp_bytes(sizes=(64, 32, 10), seed=1)]
-    bad = [b"junk", good[0][:5000], chain_model(width=8, depth=1)[:-7]]
+    unknown_op = graph_model([helper.make_node("Det", ["x"], ["y"])], [("x", F32, [2, 2])], [("y", F32, [])])
+    bad = [(b"junk", {}), (good[0][:5000], {}), (chain_model(width=8, depth=1)[:-7], {}), (unknown_op, {}),
+           (good[1], {"max_batch": 10**7})]  # 5 GB of activations: more than the device has
     names = []
-    for step in range(40):
+    for step in range(60):
         action = rng.choice(["load", "load", "bad", "exec", "unload"])
         if action == "load":
             name = f"m{step}"
@@ -116,8 +120,9 @@ def test_i3_i4_memory_returns_to_zero_after_any_mix(client):
             client.load(rng.choice(good), name=name, workspace=ws, max_batch=rng.randint(1, 8))
             names.append(name)
         elif action == "bad":
+            model, opts = rng.choice(bad)
             with pytest.raises(MemserveError):
-                client.load(rng.choice(bad), name=f"bad{step}", workspace="shared:a")
+                client.load(model, name=f"bad{step}", workspace="shared:a", **opts)
         elif action == "exec" and names:
             client.execute(rng.choice(names), {"x": np.ones((1, 64), np.float32)})
         elif action == "unload" and names:

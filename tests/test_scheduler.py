@@ -29,17 +29,21 @@ def blocker(gate: threading.Event, log: list, name: str):
     return job
 
 
-def submit_async(lane, req):
+def submit_async(lane, req, log):
+    """Submit on another thread (the lane is idle, so it runs there) and wait until it started."""
+    started = len(log)
     t = threading.Thread(target=lane.submit, args=(req,))
     t.start()
+    deadline = time.monotonic() + 5
+    while len(log) == started and time.monotonic() < deadline:
+        time.sleep(0.001)
     return t
 
 
 def test_idle_lane_runs_on_the_caller_then_queue_is_fifo_on_the_worker(lane):
     gate, log = threading.Event(), []
     first = Request(1, blocker(gate, log, "first"))
-    t = submit_async(lane, first)  # idle: runs on this submitting thread
-    time.sleep(0.05)
+    t = submit_async(lane, first, log)  # idle: runs on the submitting thread
     rest = [Request(1 + i % 2, blocker(gate, log, f"q{i}")) for i in range(3)]
     for r in rest:
         lane.submit(r)  # busy: queued
@@ -54,9 +58,8 @@ def test_idle_lane_runs_on_the_caller_then_queue_is_fifo_on_the_worker(lane):
 
 
 def test_full_queue_is_refused_at_once(lane):
-    gate = threading.Event()
-    t = submit_async(lane, Request(1, blocker(gate, [], "run")))
-    time.sleep(0.05)
+    gate, log = threading.Event(), []
+    t = submit_async(lane, Request(1, blocker(gate, log, "run")), log)
     for _ in range(3):
         lane.submit(Request(1, blocker(gate, [], "q")))
     with pytest.raises(ResourceExhausted, match="full"):
@@ -67,8 +70,7 @@ def test_full_queue_is_refused_at_once(lane):
 
 def test_expired_and_cancelled_requests_never_run(lane):
     gate, log = threading.Event(), []
-    t = submit_async(lane, Request(1, blocker(gate, log, "run")))
-    time.sleep(0.05)
+    t = submit_async(lane, Request(1, blocker(gate, log, "run")), log)
     expired = Request(1, blocker(gate, log, "expired"), deadline=time.monotonic() + 0.01)
     cancelled = Request(1, blocker(gate, log, "cancelled"))
     lane.submit(expired)
@@ -87,8 +89,7 @@ def test_expired_and_cancelled_requests_never_run(lane):
 def test_retired_model_fails_queued_waits_for_running_and_refuses_new(lane):
     gate, log = threading.Event(), []
     running = Request(1, blocker(gate, log, "running"))
-    t = submit_async(lane, running)
-    time.sleep(0.05)
+    t = submit_async(lane, running, log)
     queued_1, queued_2 = Request(1, blocker(gate, log, "q1")), Request(2, blocker(gate, log, "q2"))
     lane.submit(queued_1)
     lane.submit(queued_2)
@@ -108,9 +109,8 @@ def test_retired_model_fails_queued_waits_for_running_and_refuses_new(lane):
 
 
 def test_close_fails_what_waits(lane):
-    gate = threading.Event()
-    t = submit_async(lane, Request(1, blocker(gate, [], "run")))
-    time.sleep(0.05)
+    gate, log = threading.Event(), []
+    t = submit_async(lane, Request(1, blocker(gate, log, "run")), log)
     waiting = Request(1, blocker(gate, [], "w"))
     lane.submit(waiting)
     gate.set()
