@@ -126,3 +126,13 @@ def test_subgraph_is_refused_naming_the_node():
 def test_external_data_is_refused():
     with pytest.raises(UnsupportedModel, match="external file"):
         compile_model(with_external_data(mlp_bytes()))
+
+
+def test_only_inputs_with_an_open_leading_dimension_are_batched():
+    nodes = [helper.make_node("Add", ["x", "bias"], ["y"])]
+    model = graph_model(nodes, [("x", F32, ["N", 3]), ("bias", F32, [1, 3])], [("y", F32, ["N", 3])])
+    plan = compile_model(model, CompileOptions(max_batch=4))
+    assert [s.shape for s in plan.inputs] == [(-1, 3), (1, 3)]
+    x, bias = np.ones((2, 3), np.float32), np.arange(3, dtype=np.float32).reshape(1, 3)
+    assert plan.batch_of({"x": x, "bias": bias}) == 2
+    np.testing.assert_array_equal(run_local(model, {"x": x, "bias": bias}, max_batch=4)[0], x + bias)

@@ -59,8 +59,8 @@ def compile_model(data: bytes, options: CompileOptions = CompileOptions()) -> Pl
 def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     inputs, max_batch = _resolve_inputs(graph, options)
     b = _Builder()
-    input_specs = [IOSpec(s.name, s.dtype, _batch_marked(s.shape, max_batch),
-                          b.add(s.name, TensorInfo(s.dtype, s.shape), INPUT)) for s in inputs]
+    input_specs = [IOSpec(name, dtype, marked, b.add(name, TensorInfo(dtype, shape), INPUT))
+                   for name, dtype, shape, marked in inputs]
     used = {i for n in graph.nodes for i in n.inputs} | set(graph.outputs)
     for name, value in graph.weights.items():
         if name in used:
@@ -81,11 +81,10 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     return plan
 
 
-def _batch_marked(shape: tuple[int, ...], max_batch: int) -> tuple[int, ...]:
-    return (-1,) + tuple(shape[1:]) if max_batch else tuple(shape)
+InputShape = tuple[str, np.dtype, tuple[int, ...], tuple[int, ...]]  # name, dtype, at max batch, -1 for batch
 
 
-def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[IOSpec], int]:
+def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputShape], int]:
     """Fix every open input dimension; a free leading one is the batch."""
     unknown = sorted(set(options.input_shapes) - {i.name for i in graph.inputs})
     if unknown:
@@ -104,8 +103,9 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[IOSpec]
         shape = list(options.input_shapes.get(inp.name, ()))
         if shape and len(shape) != len(inp.dims):
             raise InvalidArgument(f"input {inp.name!r} has rank {len(inp.dims)}; input_shapes gives {shape}")
-        dims = []
+        dims, marked = [], []
         for k, d in enumerate(inp.dims):
+            marked.append(-1 if k == 0 and d is None else None)
             if k == 0 and d is None:
                 dims.append(max_batch)
             elif d is not None:
@@ -119,7 +119,7 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[IOSpec]
                 label = f" ({inp.dim_names[k]!r})" if inp.dim_names[k] else ""
                 raise InvalidArgument(f"input {inp.name!r} dimension {k}{label} is left open by the model; "
                                       f"give its size with input_shapes")
-        specs.append(IOSpec(inp.name, inp.dtype, tuple(dims), -1))
+        specs.append((inp.name, inp.dtype, tuple(dims), tuple(m or d for m, d in zip(marked, dims))))
     return specs, max_batch
 
 
