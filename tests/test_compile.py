@@ -136,3 +136,45 @@ def test_only_inputs_with_an_open_leading_dimension_are_batched():
     x, bias = np.ones((2, 3), np.float32), np.arange(3, dtype=np.float32).reshape(1, 3)
     assert plan.batch_of({"x": x, "bias": bias}) == 2
     np.testing.assert_array_equal(run_local(model, {"x": x, "bias": bias}, max_batch=4)[0], x + bias)
+
+
+def shape_chain_model():
+    """What the TorchScript exporter emits: Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
+    I64 = TensorProto.INT64
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Reshape", ["r", "target"], ["flat"]),
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),  # weights only: folded at load
+        helper.make_node("MatMul", ["flat", "wt"], ["y"]),
+    ]
+    w = np.random.default_rng(0).standard_normal((5, 12)).astype(np.float32)
+    return graph_model(nodes, [("x", F32, ["N", 3, 4])], [("y", F32, ["N", 5])],
+                       {"zero": np.array(0, np.int64), "axes": np.array([0], np.int64),
+                        "minus1": np.array([-1], np.int64), "w": w}, opset=13), w
+
+
+def test_shape_chains_are_computed_per_batch_size_and_weight_math_is_folded():
+    from memserve.model.plan import BIND, RUN
+    model, w = shape_chain_model()
+    plan = compile_model(model, CompileOptions(max_batch=4))
+    run = [s.node.op_type for s in plan.steps if s.phase == RUN]
+    assert run == ["Relu", "Reshape", "MatMul"]
+    assert [s.node.op_type for s in plan.steps if s.phase == BIND] == ["Shape", "Gather", "Unsqueeze", "Concat"]
+    s = slots(plan)
+    assert "w" not in s and s["wt"].storage == WEIGHT  # only the transposed copy is stored
+    assert plan.weight_size == 256  # 5 x 12 float32, aligned; the shape constants stay on the host
+    for n in (1, 3, 4):
+        x = np.random.default_rng(n).standard_normal((n, 3, 4)).astype(np.float32)
+        np.testing.assert_allclose(run_local(model, {"x": x}, max_batch=4)[0],
+                                   np.maximum(x, 0).reshape(n, 12) @ w.T, rtol=1e-5)
+
+
+def test_reshape_target_from_a_graph_input_is_refused():
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], name="r")]
+    model = graph_model(nodes, [("x", F32, [2, 3]), ("shape", TensorProto.INT64, [2])], [("y", F32, [3, 2])])
+    with pytest.raises(UnsupportedModel, match=r"'r' \(Reshape\): input 'shape' must be known"):
+        compile_model(model)

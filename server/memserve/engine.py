@@ -17,7 +17,7 @@ import numpy as np
 
 from .device import Buffer
 from .kernels import Kernel
-from .model.plan import INPUT, IO, WEIGHT, WORK, Plan
+from .model.plan import INPUT, IO, RUN, VALUE, WEIGHT, WORK, Plan
 
 StepFn = Callable[[list], None]
 Alloc = Callable[[int], Buffer]
@@ -84,8 +84,12 @@ class Executable:
                 env[i] = _view(self.weights, slot.offset, slot.info.nbytes, info.dtype, info.shape)
             elif slot.storage == WORK:
                 env[i] = _view(work, slot.offset, info.nbytes, info.dtype, info.shape)
+            elif slot.storage == VALUE:
+                env[i] = info.value
         steps: list[StepFn] = []
         for step in plan.steps:
+            if step.phase != RUN:
+                continue
             if not step.op.alias:
                 ins = [infos[i] if i >= 0 else None for i in step.inputs]
                 outs = [infos[i] for i in step.outputs]

@@ -1,12 +1,18 @@
 """Op implementations and the registry the compiler looks ops up in.
 
 An op is an `OpDef`: `infer` gives output dtypes and shapes from the input
-infos (inputs whose value is known at plan time carry it), `scratch` names
-temporaries a kernel needs (planned in the workspace like any tensor, so
-executing never allocates), and `kernel` builds the function that computes
-one node: `fn(inputs, outputs)`, where `outputs` holds the node's outputs
-followed by its scratch arrays, every one preallocated. An `alias` op's
-single output is a view of its first input and costs no memory.
+infos (inputs whose value is known at plan time carry it; an infer that can
+compute its outputs from shapes alone, like Shape's, sets their value),
+`scratch` names temporaries a kernel needs (planned in the workspace like any
+tensor, so executing never allocates), and `build` makes the function that
+computes one node: `fn(inputs, outputs)`, where `outputs` holds the node's
+outputs followed by its scratch arrays, every one preallocated. An `alias`
+op's single output is a view of its first input and costs no memory.
+`const_inputs` are the inputs that must be known when the model loads (a
+Reshape's target shape): kernels read them from the infos at build time.
+
+`evaluate` runs an op on known values: the compiler folds constants with it,
+and per batch size it recomputes the small shape values that depend on it.
 """
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ class OpDef:
     build: BuildFn | None = None  # None for alias ops
     scratch: ScratchFn | None = None
     alias: bool = False
+    const_inputs: tuple[int, ...] = ()
 
 
 REGISTRY: dict[tuple[str, str], OpDef] = {}
@@ -70,6 +77,18 @@ def lookup(domain: str, op_type: str) -> OpDef | None:
 
 def supported_ops() -> list[str]:
     return sorted(op for _, op in REGISTRY)
+
+
+def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[TensorInfo]) -> list[np.ndarray]:
+    """Compute a node's outputs from known input values (host numpy, outside any workspace)."""
+    if all(o.value is not None for o in outs):
+        return [o.value for o in outs]
+    if op.alias:
+        return [np.asarray(ins[0].value).reshape(outs[0].shape)]
+    arrays = [np.empty(o.shape, o.dtype) for o in outs]
+    scratch = [np.empty(t.shape, t.dtype) for t in (op.scratch(node, ins, outs) if op.scratch else [])]
+    op.build(node, ins, outs)([i.value if i is not None else None for i in ins], arrays + scratch)
+    return arrays
 
 
 # Importing the modules registers their ops.

@@ -2,11 +2,17 @@
 
 1. Import: parse and check the ONNX graph (onnx_import).
 2. Inputs: fix every open dimension, the leading one at the maximum batch.
-3. Shapes: run each op's shape function in topological order.
-4. Storage: graph inputs arrive per request; weights (initializers and
-   Constant nodes) go to the weight block; alias ops (Reshape, Flatten,
-   Identity) become views of their input's bytes; graph outputs are written
-   straight into per-request I/O memory; everything else is work memory.
+3. Shapes and folding: run each op's shape function in topological order.
+   A node whose inputs are all known is computed now: from weights alone it
+   is folded into a new weight (FOLD); from tensor shapes of a batched model
+   it becomes a small VALUE recomputed once per batch size (BIND), such as
+   the Shape -> Gather -> Concat -> Reshape chains exporters emit. Only the
+   rest runs per request (RUN). Nodes nothing needs are dropped.
+4. Storage: graph inputs arrive per request; weights (initializers,
+   Constant nodes, folded results) go to the weight block; alias ops
+   (Reshape, Flatten, Identity, ...) become views of their input's bytes;
+   graph outputs are written straight into per-request I/O memory;
+   everything else is work memory.
 5. Lifetimes and offsets: each work tensor lives from the step that writes it
    to the last step that reads it or any alias of it; the greedy planner
    places them (planner.py).
@@ -21,13 +27,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..device import align_up
-from ..errors import InvalidArgument
-from ..kernels import Node, OpDef, TensorInfo, lookup
+from ..errors import InvalidArgument, UnsupportedModel
+from ..kernels import Node, OpDef, TensorInfo, evaluate, lookup
 from ..planner import Lifetime, plan_offsets
 from .onnx_import import Graph, import_onnx
-from .plan import INPUT, IO, WEIGHT, WORK, IOSpec, Plan, Step, TensorSlot, infer_all
+from .plan import BIND, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, Plan, Step, TensorSlot, infer_all
 
+FOLD = "fold"
 SMALL_CONSTANT = 64  # elements; weights this small keep their value for shape functions
+BIND_LIMIT = 4096  # elements; a shape-derived value larger than this is computed per request
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,8 @@ def _copy_build(node, ins, outs):
     return run
 
 
-# Internal: a graph output that is an input, a weight, or a second name for
-# another output's bytes needs its own copy in I/O memory.
+# Internal: a graph output that is an input, a weight, a value, or a second
+# name for another output's bytes needs its own copy in I/O memory.
 COPY = OpDef("Copy", _copy_infer, _copy_build)
 
 
@@ -58,24 +66,24 @@ def compile_model(data: bytes, options: CompileOptions = CompileOptions()) -> Pl
 
 def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     inputs, max_batch = _resolve_inputs(graph, options)
-    b = _Builder()
+    walk = _Walk(graph, inputs, batched=max_batch > 0)
+    b = _Builder(walk)
     input_specs = [IOSpec(name, dtype, marked, b.add(name, TensorInfo(dtype, shape), INPUT))
                    for name, dtype, shape, marked in inputs]
-    used = {i for n in graph.nodes for i in n.inputs} | set(graph.outputs)
-    for name, value in graph.weights.items():
-        if name in used:
-            small = value if value.size <= SMALL_CONSTANT else None
-            b.add(name, TensorInfo(value.dtype, value.shape, small), WEIGHT)
-    for node in graph.nodes:
-        b.add_step(node)
+    needed = walk.needed(graph.outputs)
+    b.on_device = set(graph.outputs).union(*(node.inputs for node, _, phase in walk.nodes if phase == RUN))
+    for node, op, phase in walk.nodes:
+        if phase != FOLD and any(o in needed for o in node.outputs):
+            b.add_step(node, op, phase)
     outputs = [b.claim_output(name) for name in graph.outputs]
     work = b.plan_work()
-    weight_size, digest = b.layout_weights(graph.weights)
+    weight_size, digest = b.layout_weights()
+    staged = {i: walk.consts[b.slots[i].name] for i in b.weight_roots()}
+    b.drop_unneeded_values()
     plan = Plan(
         tensors=b.slots, steps=b.steps, inputs=input_specs, outputs=[], max_batch=max_batch,
         work_size=work.size, work_lower_bound=work.lower_bound, peak_step=work.peak_step,
-        weight_size=weight_size, weight_digest=digest, weight_slots=b.weight_roots(),
-        staged_weights={i: graph.weights[b.slots[i].name] for i in b.weight_roots()},
+        weight_size=weight_size, weight_digest=digest, weight_slots=b.weight_roots(), staged_weights=staged,
     )
     plan.outputs = _output_specs(plan, outputs)
     return plan
@@ -141,12 +149,67 @@ def _output_specs(plan: Plan, slots: list[int]) -> list[IOSpec]:
     ]
 
 
+class _Walk:
+    """Step 3: every tensor's info, and each node's phase (FOLD, BIND or RUN)."""
+
+    def __init__(self, graph: Graph, inputs: list[InputShape], batched: bool):
+        self.consts: dict[str, np.ndarray] = dict(graph.weights)
+        self.infos: dict[str, TensorInfo] = {n: TensorInfo(v.dtype, v.shape, v) for n, v in self.consts.items()}
+        self.infos.update({name: TensorInfo(dtype, shape) for name, dtype, shape, _ in inputs})
+        self.dynamic: set[str] = set()  # known values that depend on the batch size
+        self.nodes: list[tuple[Node, OpDef, str]] = []
+        for node in graph.nodes:
+            op = lookup(node.domain, node.op_type)
+            self.nodes.append((node, op, self._visit(node, op, batched)))
+
+    def _visit(self, node: Node, op: OpDef, batched: bool) -> str:
+        ins = [self.infos[n] if n else None for n in node.inputs]
+        for k in op.const_inputs:
+            if k < len(ins) and ins[k] is not None and ins[k].value is None:
+                raise UnsupportedModel(
+                    f"node {node.name!r} ({node.op_type}): input {node.inputs[k]!r} must be known when the "
+                    "model loads (an initializer, or computed from weights and shapes)")
+        outs = op.infer(node, ins)
+        inputs_known = all(i is None or i.value is not None for i in ins)
+        if inputs_known or all(o.value is not None for o in outs):
+            values = evaluate(op, node, ins, outs)
+            dynamic = any(n in self.dynamic for n in node.inputs) or (batched and not inputs_known)
+            if not dynamic:
+                self._set(node, outs, values)
+                self.consts.update(zip(node.outputs, values))
+                return FOLD
+            if all(v.size <= BIND_LIMIT for v in values):
+                self._set(node, outs, values)
+                self.dynamic.update(node.outputs)
+                return BIND
+        self._set(node, [TensorInfo(o.dtype, o.shape) for o in outs], None)
+        return RUN
+
+    def _set(self, node: Node, outs: list[TensorInfo], values: list[np.ndarray] | None) -> None:
+        for k, (name, info) in enumerate(zip(node.outputs, outs)):
+            if name:
+                value = values[k] if values is not None else None
+                self.infos[name] = TensorInfo(info.dtype, tuple(info.shape), value)
+
+    def needed(self, outputs: list[str]) -> set[str]:
+        """Names the outputs depend on through BIND and RUN nodes (folded inputs are not needed)."""
+        needed = set(outputs)
+        for node, _, phase in reversed(self.nodes):
+            if phase != FOLD and any(o in needed for o in node.outputs):
+                needed.update(n for n in node.inputs if n)
+        return needed
+
+
 class _Builder:
-    def __init__(self) -> None:
+    """Steps 4-6: slots with storage, steps, offsets, weight layout."""
+
+    def __init__(self, walk: _Walk) -> None:
+        self.walk = walk
         self.slots: list[TensorSlot] = []
         self.steps: list[Step] = []
         self.index: dict[str, int] = {}
         self.claimed: set[int] = set()
+        self.on_device: set[str] = set()  # constants RUN steps or outputs read; the rest stay host VALUEs
 
     def add(self, name: str, info: TensorInfo, storage: str, root: int | None = None) -> int:
         i = len(self.slots)
@@ -154,26 +217,38 @@ class _Builder:
         self.index[name] = i
         return i
 
-    def add_step(self, node: Node) -> None:
-        op = lookup(node.domain, node.op_type)
-        ins = [self.index[n] if n else -1 for n in node.inputs]
+    def slot_of(self, name: str) -> int:
+        """A known tensor's slot; constants get theirs on first use."""
+        if name not in self.index:
+            if name not in self.walk.consts:
+                raise InvalidArgument(f"tensor {name!r} is used but never produced")
+            self.add(name, self.walk.infos[name], WEIGHT if name in self.on_device else VALUE)
+        return self.index[name]
+
+    def add_step(self, node: Node, op: OpDef, phase: str) -> None:
+        ins = [self.slot_of(n) if n else -1 for n in node.inputs]
         infos = [self.slots[i].info if i >= 0 else None for i in ins]
-        step = Step(node, op, ins, [])
-        outs = op.infer(node, infos)
-        for name, info in zip(node.outputs, outs):
-            if op.alias:
+        step = Step(node, op, ins, [], phase=phase)
+        for name in node.outputs:
+            info = self.walk.infos.get(name) if name else None
+            if info is None:  # an optional output the model does not use
+                name, info = f"{node.name}:unused{len(step.outputs)}", op.infer(node, infos)[len(step.outputs)]
+            if phase == BIND:
+                step.outputs.append(self.add(name, info, VALUE))
+            elif op.alias:
                 root = self.slots[ins[0]].root
                 step.outputs.append(self.add(name, info, self.slots[root].storage, root))
             else:
                 step.outputs.append(self.add(name, info, WORK))
-        if op.scratch:
+        if op.scratch and phase == RUN:
+            outs = [self.slots[i].info for i in step.outputs]
             for k, info in enumerate(op.scratch(node, infos, outs)):
                 step.scratch.append(self.add(f"{node.name}:scratch{k}", info, WORK))
         self.steps.append(step)
 
     def claim_output(self, name: str) -> int:
         """Put an output's bytes in I/O memory; copy when they cannot be its own."""
-        i = self.index[name]
+        i = self.slot_of(name)
         root = self.slots[i].root
         if self.slots[root].storage == WORK and root not in self.claimed:
             self.claimed.add(root)
@@ -189,9 +264,10 @@ class _Builder:
 
     def plan_work(self):
         work = [i for i, s in enumerate(self.slots) if s.storage == WORK and s.root == i]
-        first = {i: len(self.steps) for i in work}
+        first = dict.fromkeys(work, len(self.steps))
         last = dict.fromkeys(work, -1)
-        for k, step in enumerate(self.steps):
+        run_steps = [s for s in self.steps if s.phase == RUN]
+        for k, step in enumerate(run_steps):
             for i in step.outputs + step.scratch:
                 root = self.slots[i].root
                 if root in first:
@@ -208,15 +284,28 @@ class _Builder:
     def weight_roots(self) -> list[int]:
         return [i for i, s in enumerate(self.slots) if s.storage == WEIGHT and s.root == i]
 
-    def layout_weights(self, weights: dict[str, np.ndarray]) -> tuple[int, str]:
+    def layout_weights(self) -> tuple[int, str]:
         """Aligned offsets for every weight, and a digest of layout plus content."""
         digest = hashlib.sha256()
         offset = 0
         for i in self.weight_roots():
             slot = self.slots[i]
             slot.offset = offset
-            value = np.ascontiguousarray(weights[slot.name])
+            value = np.ascontiguousarray(self.walk.consts[slot.name])
             digest.update(f"{offset}:{value.dtype.str}:{value.shape};".encode())
             digest.update(value.data if value.size else b"")
             offset = align_up(offset + value.nbytes)
         return offset, digest.hexdigest()
+
+    def drop_unneeded_values(self) -> None:
+        """Keep plan-time values only where shape functions and kernel builders read them."""
+        keep = set()
+        for step in self.steps:
+            if step.phase == BIND:
+                keep.update(step.inputs)
+            else:
+                keep.update(step.inputs[k] for k in step.op.const_inputs if k < len(step.inputs))
+        for i, slot in enumerate(self.slots):
+            v = slot.info.value
+            if v is not None and slot.storage == WEIGHT and i not in keep and v.size > SMALL_CONSTANT:
+                slot.info = TensorInfo(slot.info.dtype, slot.info.shape)

@@ -40,13 +40,14 @@ class Graph:
 
 def import_onnx(data: bytes) -> Graph:
     model = _parse(data)
-    opset = _default_opset(model)
+    opsets = _opsets(model)
+    opset = opsets[""]
     g = model.graph
     weights = {init.name: _initializer(init) for init in g.initializer}
     nodes: list[Node] = []
     unsupported: list[str] = []
     for index, proto in enumerate(g.node):
-        node = _node(proto, index, opset)
+        node = _node(proto, index, opsets.get("" if proto.domain == "ai.onnx" else proto.domain, opset))
         if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
             weights[node.outputs[0]] = _constant_value(node)
             continue
@@ -96,11 +97,11 @@ def _parse(data: bytes) -> onnx.ModelProto:
     return model
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in DEFAULT_DOMAINS:
-            return imp.version
-    raise ModelParseError("model imports no version of the default ONNX opset")
+def _opsets(model: onnx.ModelProto) -> dict[str, int]:
+    opsets = {("" if imp.domain == "ai.onnx" else imp.domain): imp.version for imp in model.opset_import}
+    if "" not in opsets:
+        raise ModelParseError("model imports no version of the default ONNX opset")
+    return opsets
 
 
 def _initializer(init: TensorProto) -> np.ndarray:

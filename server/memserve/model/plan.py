@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputMismatch, InvalidArgument
-from ..kernels import Node, OpDef, TensorInfo
+from ..kernels import Node, OpDef, TensorInfo, evaluate
 
-# Where a tensor's bytes live. An alias lives where its root lives.
-INPUT, WEIGHT, WORK, IO = "input", "weight", "work", "io"
+# Where a tensor's bytes live. An alias lives where its root lives. A VALUE
+# is small, derived from shapes, and recomputed per batch size at bind time.
+INPUT, WEIGHT, WORK, IO, VALUE = "input", "weight", "work", "io", "value"
+# When a step runs: BIND steps compute VALUEs once per batch size, RUN steps per request.
+BIND, RUN = "bind", "run"
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Step:
     inputs: list[int]  # slot indices; -1 for an omitted optional input
     outputs: list[int]
     scratch: list[int] = field(default_factory=list)
+    phase: str = RUN
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,8 @@ def _check_input(spec: IOSpec, a: np.ndarray, max_batch: int, batch: int | None)
 
 
 def infer_all(plan: Plan, input_infos: list[TensorInfo]) -> list[TensorInfo]:
-    """Propagate dtypes and shapes through the steps, from the given inputs."""
-    infos: list[TensorInfo | None] = [s.info if s.storage == WEIGHT and s.root == i else None
-                                      for i, s in enumerate(plan.tensors)]
+    """Propagate dtypes, shapes and BIND values through the steps, from the given inputs."""
+    infos: list[TensorInfo | None] = [s.info if s.storage in (WEIGHT, VALUE) else None for s in plan.tensors]
     for spec, info in zip(plan.inputs, input_infos):
         infos[spec.slot] = info
     for step in plan.steps:
@@ -136,6 +139,8 @@ def infer_all(plan: Plan, input_infos: list[TensorInfo]) -> list[TensorInfo]:
 def run_infer(step: Step, infos: list[TensorInfo | None]) -> None:
     ins = [infos[i] if i >= 0 else None for i in step.inputs]
     outs = step.op.infer(step.node, ins)
+    if step.phase == BIND:
+        outs = [TensorInfo(o.dtype, o.shape, v) for o, v in zip(outs, evaluate(step.op, step.node, ins, outs))]
     for i, info in zip(step.outputs, outs):
         infos[i] = info
     if step.scratch:
