@@ -24,6 +24,12 @@ import numpy as np
 Kernel = Callable[[Sequence[np.ndarray | None], Sequence[np.ndarray]], None]
 
 
+# Element types memserve computes with (ONNX's float8, int4, bfloat16 and strings are refused).
+DTYPES = frozenset(np.dtype(t) for t in (
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool"))
+
+
 @dataclass
 class TensorInfo:
     dtype: np.dtype

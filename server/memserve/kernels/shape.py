@@ -7,7 +7,7 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from . import DTYPES, Node, OpDef, TensorInfo, register
 
 
 def count(shape) -> int:
@@ -109,7 +109,21 @@ register(OpDef("Flatten", _flatten_infer, alias=True))
 register(OpDef("Squeeze", _squeeze_infer, alias=True, const_inputs=(1,)))
 register(OpDef("Unsqueeze", _unsqueeze_infer, alias=True, const_inputs=(1,)))
 register(OpDef("Identity", _identity_infer, alias=True))
-register(OpDef("Dropout", _identity_infer, alias=True, const_inputs=(1, 2)))  # inference: the identity
+def _dropout_infer(node, ins):
+    if len(ins) > 2 and ins[2] is not None and bool(np.asarray(ins[2].value).reshape(())):
+        raise UnsupportedModel(f"node {node.name!r} (Dropout): training mode is not supported")
+    return [TensorInfo(ins[0].dtype, ins[0].shape), TensorInfo(np.dtype(bool), ins[0].shape)]
+
+
+def _build_dropout(node, ins, outs):
+    def run(i, o):  # inference: output = input, mask all true
+        np.copyto(o[0], i[0])
+        o[1].fill(True)
+
+    return run
+
+
+register(OpDef("Dropout", _dropout_infer, _build_dropout, const_inputs=(1, 2)))
 
 
 # -- shapes -------------------------------------------------------------------
@@ -437,9 +451,9 @@ def _cast_infer(node, ins):
     try:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to))
     except (KeyError, ValueError, TypeError):
-        raise UnsupportedModel(f"node {node.name!r} (Cast): unsupported target type {to}") from None
-    if dtype.kind in "OSU":
-        raise UnsupportedModel(f"node {node.name!r} (Cast): string tensors are not supported")
+        dtype = None
+    if dtype not in DTYPES:
+        raise UnsupportedModel(f"node {node.name!r} (Cast): target type {to} is not supported")
     return [TensorInfo(dtype, ins[0].shape)]
 
 

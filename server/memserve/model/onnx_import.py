@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from ..errors import ModelParseError, UnsupportedModel
-from ..kernels import Node, lookup
+from ..kernels import DTYPES, Node, lookup
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -60,6 +60,12 @@ def import_onnx(data: bytes) -> Graph:
         shown = ", ".join(unsupported[:5]) + (f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else "")
         raise UnsupportedModel(f"model uses ops memserve does not implement: {shown}")
     inputs = [_graph_input(v) for v in g.input if v.name not in weights]
+    for v in g.output:
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+            element_type(v.type.tensor_type.elem_type, f"graph output {v.name!r}")
+        elif not v.type.HasField("tensor_type"):
+            raise UnsupportedModel(f"graph output {v.name!r} is not a tensor (a sequence or map); "
+                                   "for scikit-learn classifiers export with options={'zipmap': False}")
     outputs = [v.name for v in g.output]
     return Graph(
         opset=opset,
@@ -122,7 +128,11 @@ def _node(proto: onnx.NodeProto, index: int, opset: int) -> Node:
             )
         value = helper.get_attribute_value(a)
         attrs[a.name] = value.decode() if isinstance(value, bytes) else value
-    return Node(proto.op_type, name, list(proto.input), list(proto.output), attrs, opset, proto.domain)
+    node = Node(proto.op_type, name, list(proto.input), list(proto.output), attrs, opset, proto.domain)
+    no_training_input = len(node.inputs) < 3 or not node.inputs[2]
+    if node.op_type == "Dropout" and len([o for o in node.outputs if o]) == 1 and no_training_input:
+        node.op_type, node.inputs = "Identity", node.inputs[:1]  # without its mask, inference Dropout is the identity
+    return node
 
 
 def _constant_value(node: Node) -> np.ndarray:
@@ -140,13 +150,22 @@ def _graph_input(v: onnx.ValueInfoProto) -> GraphInput:
     t = v.type.tensor_type
     if not v.type.HasField("tensor_type") or not t.HasField("shape"):
         raise UnsupportedModel(f"graph input {v.name!r} is not a tensor with a known rank")
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
-    except (KeyError, ValueError, TypeError):
-        raise UnsupportedModel(f"graph input {v.name!r} has an unsupported element type {t.elem_type}") from None
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+    dtype = element_type(t.elem_type, f"graph input {v.name!r}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
     names = [d.dim_param for d in t.shape.dim]
     return GraphInput(v.name, dtype, dims, names)
+
+
+def element_type(elem_type: int, what: str) -> np.dtype:
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError):
+        dtype = None
+    if dtype not in DTYPES:
+        name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
+        raise UnsupportedModel(f"{what} has element type {name}; memserve computes with "
+                               f"{', '.join(sorted(d.name for d in DTYPES))}")
+    return dtype
 
 
 def _topological(nodes: list[Node], available: set[str]) -> list[Node]:

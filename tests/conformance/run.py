@@ -1,0 +1,183 @@
+"""ONNX backend node tests through memserve's compile and execute.
+
+    python -m tests.conformance.run [--filter SUBSTRING] [--markdown FILE] [-v]
+
+Each case of `onnx.backend.test.loader.load_model_tests(kind="node")` whose
+ops memserve implements is loaded into an in-process registry (the daemon's
+own load and execute path), run on the case's inputs, and compared with its
+expected outputs at the case's tolerances. Inputs that the model uses as
+plan-time parameters (a Reshape's shape, a Slice's starts, ...) are frozen
+into initializers with the case's values, as a static memory plan needs
+them known at load; a serving user exports them as constants.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from memserve.device import CpuDevice
+from memserve.errors import MemserveError, UnsupportedModel
+from memserve.kernels import lookup
+from memserve.registry import LoadOptions, Registry
+
+# Cases that fail for a known reason (one line each). Keep this list short.
+KNOWN_FAILURES: dict[str, str] = {}
+
+
+@dataclass
+class Result:
+    name: str
+    ops: list[str]
+    status: str  # passed, failed, unsupported
+    reason: str = ""
+
+
+def load_cases():
+    from onnx.backend.test.loader import load_model_tests
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model_tests(kind="node")
+
+
+def case_ops(model: onnx.ModelProto) -> list[str]:
+    return sorted({(f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in model.graph.node})
+
+
+def unsupported_reason(model: onnx.ModelProto) -> str:
+    for n in model.graph.node:
+        if lookup(n.domain, n.op_type) is None:
+            return f"op {n.op_type} is not implemented"
+    for v in list(model.graph.input) + list(model.graph.output):
+        if not v.type.HasField("tensor_type"):
+            return f"{v.name} is not a tensor (sequence, map or optional)"
+    return ""
+
+
+def freeze_parameters(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Turn graph inputs that feed plan-time parameters into initializers."""
+    frozen = set()
+    for n in model.graph.node:
+        op = lookup(n.domain, n.op_type)
+        for k in op.const_inputs if op else ():
+            if k < len(n.input) and n.input[k] in feeds:
+                frozen.add(n.input[k])
+    if not frozen:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [v for v in m.graph.input if v.name not in frozen]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    m.graph.initializer.extend(numpy_helper.from_array(np.asarray(feeds[name]), name) for name in sorted(frozen))
+    return m
+
+
+def as_array(v) -> np.ndarray:
+    return numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else np.asarray(v)
+
+
+def run_case(reg: Registry, case) -> Result:
+    ops = case_ops(case.model)
+    reason = unsupported_reason(case.model)
+    if reason:
+        return Result(case.name, ops, "unsupported", reason)
+    try:
+        for inputs, expected in case.data_sets:
+            names = [v.name for v in case.model.graph.input]
+            feeds = {n: as_array(v) for n, v in zip(names, inputs)}
+            model = freeze_parameters(case.model, feeds)
+            live = {v.name for v in model.graph.input} - {i.name for i in model.graph.initializer}
+            feeds = {k: v for k, v in feeds.items() if k in live}
+            shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+            m = reg.load(model.SerializeToString(), LoadOptions(name="case", input_shapes=shapes))
+            try:
+                got = reg.execute(m.id, feeds).outputs
+            finally:
+                reg.unload(m.id)
+            for out, want in zip(got, expected):
+                want = as_array(want)
+                value = np.frombuffer(out.data, out.dtype).reshape(out.shape)
+                if value.shape != want.shape or value.dtype != want.dtype:
+                    raise AssertionError(f"{out.name}: got {value.dtype}{list(value.shape)}, "
+                                         f"want {want.dtype}{list(want.shape)}")
+                np.testing.assert_allclose(value, want, rtol=case.rtol, atol=case.atol, equal_nan=True)
+    except UnsupportedModel as exc:
+        return Result(case.name, ops, "unsupported", exc.message)
+    except (MemserveError, AssertionError, ValueError, TypeError, IndexError, KeyError) as exc:
+        msg = exc.message if isinstance(exc, MemserveError) else f"{type(exc).__name__}: {exc}"
+        return Result(case.name, ops, "failed", re.sub(r"\s+", " ", msg)[:300])
+    return Result(case.name, ops, "passed")
+
+
+def run_all(name_filter: str = "") -> list[Result]:
+    reg = Registry(CpuDevice(4 << 30))
+    try:
+        with np.errstate(all="ignore"):
+            return [run_case(reg, c) for c in load_cases() if name_filter in c.name]
+    finally:
+        reg.close()
+
+
+def summary(results: list[Result]) -> str:
+    count = collections.Counter(r.status for r in results)
+    return (f"node tests: {count['passed']} passed, {count['failed']} failed, "
+            f"{count['unsupported']} unsupported of {len(results)}")
+
+
+def per_op_table(results: list[Result]) -> list[tuple[str, int, int, int]]:
+    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for r in results:
+        for op in r.ops:
+            table[op][r.status] += 1
+    return [(op, c["passed"], c["failed"], c["unsupported"]) for op, c in sorted(table.items())]
+
+
+def markdown(results: list[Result]) -> str:
+    lines = ["# ONNX backend node tests", "", "Made by `python -m tests.conformance.run --markdown docs/conformance.md`.",
+             "", "```", summary(results), "```", "", "| op | passed | failed | unsupported |", "|---|---|---|---|"]
+    lines += [f"| {op} | {p} | {f} | {u} |" for op, p, f, u in per_op_table(results) if p or f]
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        lines += ["", "## Failures", ""] + [f"- `{r.name}`: {KNOWN_FAILURES.get(r.name, r.reason)}" for r in failed]
+    partly = sorted({r.reason for r in results if r.status == "unsupported" and any(
+        p for op, p, f, u in per_op_table([x for x in results if x.ops == r.ops]) if p)})
+    lines += ["", "## Unsupported cases of implemented ops", ""]
+    for r in results:
+        if r.status == "unsupported" and not r.reason.startswith("op "):
+            lines.append(f"- `{r.name}`: {r.reason}")
+    del partly
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--markdown")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args()
+    results = run_all(a.filter)
+    if a.verbose:
+        for r in results:
+            if r.status != "unsupported" or not r.reason.startswith("op "):
+                print(f"{r.status:<12} {r.name}: {r.reason}")
+    print(f"{'op':<36} {'passed':>7} {'failed':>7} {'unsup':>7}")
+    for op, p, f, u in per_op_table(results):
+        if p or f:
+            print(f"{op:<36} {p:>7} {f:>7} {u:>7}")
+    print(summary(results))
+    if a.markdown:
+        with open(a.markdown, "w") as fh:
+            fh.write(markdown(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
