@@ -1,35 +1,63 @@
-"""Broadcasting binary arithmetic and unary activations, written into `out`."""
+"""Elementwise ops with numpy broadcasting, written into `out`.
+
+Arithmetic, comparisons, logic and the common activations (Relu, Sigmoid,
+Tanh, Gelu, Erf, Clip, ...) write straight into their output; a few rare
+activations (Elu, Selu, Celu, Mish, ThresholdedRelu) use numpy temporaries.
+"""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import special
 
 from ..errors import InvalidArgument
 from . import Node, OpDef, TensorInfo, register
 
+BOOL = np.dtype(bool)
 
-def _broadcast_infer(node: Node, ins: list[TensorInfo | None]) -> list[TensorInfo]:
-    a, b = ins
-    if a.dtype != b.dtype:
-        raise InvalidArgument(
-            f"node {node.name!r} ({node.op_type}): inputs have different dtypes {a.dtype} and {b.dtype}"
-        )
+
+def broadcast(node: Node, ins: list[TensorInfo | None]) -> tuple[int, ...]:
     try:
-        shape = np.broadcast_shapes(a.shape, b.shape)
+        return tuple(np.broadcast_shapes(*(i.shape for i in ins if i is not None)))
     except ValueError:
         raise InvalidArgument(
-            f"node {node.name!r} ({node.op_type}): shapes {a.shape} and {b.shape} do not broadcast"
+            f"node {node.name!r} ({node.op_type}): shapes {[i.shape for i in ins if i is not None]} do not broadcast"
         ) from None
-    return [TensorInfo(a.dtype, tuple(shape))]
 
 
-def _same_infer(node: Node, ins: list[TensorInfo | None]) -> list[TensorInfo]:
+def _same_dtypes(node: Node, ins: list[TensorInfo | None]) -> np.dtype:
+    dtypes = {i.dtype for i in ins if i is not None}
+    if len(dtypes) > 1:
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): inputs have different dtypes {sorted(map(str, dtypes))}")
+    return ins[0].dtype
+
+
+def _arith_infer(node, ins):
+    return [TensorInfo(_same_dtypes(node, ins), broadcast(node, ins))]
+
+
+def _compare_infer(node, ins):
+    _same_dtypes(node, ins)
+    return [TensorInfo(BOOL, broadcast(node, ins))]
+
+
+def _pow_infer(node, ins):  # the exponent may have another type
+    return [TensorInfo(ins[0].dtype, broadcast(node, ins))]
+
+
+def _same_infer(node, ins):
     return [TensorInfo(ins[0].dtype, ins[0].shape)]
+
+
+def _bool_infer(node, ins):
+    return [TensorInfo(BOOL, ins[0].shape)]
 
 
 def _binary(ufunc: np.ufunc):
     def build(node, ins, outs):
         def run(i, o):
-            ufunc(i[0], i[1], out=o[0])
+            ufunc(i[0], i[1], out=o[0], casting="unsafe")
 
         return run
 
@@ -46,31 +74,179 @@ def _build_div(node, ins, outs):
     return _binary(np.divide)(node, ins, outs)
 
 
-def _unary(fn):
+def _build_mod(node, ins, outs):
+    return _binary(np.fmod if node.attrs.get("fmod", 0) else np.mod)(node, ins, outs)
+
+
+def _variadic(ufunc: np.ufunc, mean: bool = False):
     def build(node, ins, outs):
         def run(i, o):
-            fn(i[0], o[0])
+            y = o[0]
+            np.copyto(y, i[0])
+            for x in i[1:]:
+                ufunc(y, x, out=y)
+            if mean:
+                y /= len(i)
 
         return run
 
     return build
 
 
-def _relu(x, out):
-    np.maximum(x, 0, out=out)
+def _unary(fn):
+    """fn(x, out, node) computes into out."""
+    def build(node, ins, outs):
+        def run(i, o):
+            fn(i[0], o[0], node)
+
+        return run
+
+    return build
 
 
-def _sigmoid(x, out):
-    # 1 / (1 + exp(-x)), computed in out to allocate nothing.
+def _sigmoid(x, out, node=None):
     np.negative(x, out=out)
     np.exp(out, out=out)
     out += 1
     np.reciprocal(out, out=out)
 
 
-for _name, _ufunc in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply)):
-    register(OpDef(_name, _broadcast_infer, _binary(_ufunc)))
-register(OpDef("Div", _broadcast_infer, _build_div))
-register(OpDef("Relu", _same_infer, _unary(_relu)))
-register(OpDef("Sigmoid", _same_infer, _unary(_sigmoid)))
-register(OpDef("Tanh", _same_infer, _unary(lambda x, out: np.tanh(x, out=out))))
+def _hard_sigmoid(x, out, node, alpha=None, beta=None):
+    alpha = node.attrs.get("alpha", 0.2) if alpha is None else alpha
+    beta = node.attrs.get("beta", 0.5) if beta is None else beta
+    np.multiply(x, alpha, out=out)
+    out += beta
+    np.clip(out, 0, 1, out=out)
+
+
+def _hard_swish(x, out, node):
+    _hard_sigmoid(x, out, node, 1 / 6, 0.5)
+    out *= x
+
+
+def _leaky_relu(x, out, node):
+    alpha = node.attrs.get("alpha", 0.01)
+    np.multiply(x, alpha, out=out)
+    np.maximum(out, x, out=out) if alpha <= 1 else np.minimum(out, x, out=out)
+
+
+def _gelu(x, out, node):
+    if node.attrs.get("approximate", "none") == "tanh":
+        np.power(x, 3, out=out)
+        out *= 0.044715
+        out += x
+        out *= math.sqrt(2 / math.pi)
+        np.tanh(out, out=out)
+    else:
+        np.multiply(x, 1 / math.sqrt(2), out=out)
+        special.erf(out, out=out)
+    out += 1
+    out *= x
+    out *= 0.5
+
+
+def _softsign(x, out, node):
+    np.abs(x, out=out)
+    out += 1
+    np.divide(x, out, out=out)
+
+
+def _softplus(x, out, node):
+    np.logaddexp(x, 0, out=out)
+
+
+def _elu(x, out, node):
+    alpha = node.attrs.get("alpha", 1.0)
+    np.copyto(out, np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))), casting="unsafe")
+
+
+def _selu(x, out, node):
+    alpha = node.attrs.get("alpha", 1.67326319217681884765625)
+    gamma = node.attrs.get("gamma", 1.05070102214813232421875)
+    np.copyto(out, gamma * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))), casting="unsafe")
+
+
+def _celu(x, out, node):
+    alpha = node.attrs.get("alpha", 1.0)
+    np.copyto(out, np.maximum(x, 0) + np.minimum(0, alpha * np.expm1(x / alpha)), casting="unsafe")
+
+
+def _thresholded_relu(x, out, node):
+    np.copyto(out, np.where(x > node.attrs.get("alpha", 1.0), x, 0), casting="unsafe")
+
+
+def _mish(x, out, node):
+    np.copyto(out, x * np.tanh(np.logaddexp(x, 0)), casting="unsafe")
+
+
+def _ufunc(f):
+    return lambda x, out, node: f(x, out=out)
+
+
+UNARY = {
+    "Abs": _ufunc(np.abs), "Neg": _ufunc(np.negative), "Sqrt": _ufunc(np.sqrt), "Exp": _ufunc(np.exp),
+    "Log": _ufunc(np.log), "Reciprocal": _ufunc(np.reciprocal), "Floor": _ufunc(np.floor),
+    "Ceil": _ufunc(np.ceil), "Round": _ufunc(np.rint), "Sign": _ufunc(np.sign), "Sin": _ufunc(np.sin),
+    "Cos": _ufunc(np.cos), "Tan": _ufunc(np.tan), "Asin": _ufunc(np.arcsin), "Acos": _ufunc(np.arccos),
+    "Atan": _ufunc(np.arctan), "Sinh": _ufunc(np.sinh), "Cosh": _ufunc(np.cosh), "Asinh": _ufunc(np.arcsinh),
+    "Acosh": _ufunc(np.arccosh), "Atanh": _ufunc(np.arctanh), "Erf": _ufunc(special.erf),
+    "Tanh": _ufunc(np.tanh), "Relu": lambda x, out, node: np.maximum(x, 0, out=out),
+    "Sigmoid": _sigmoid, "HardSigmoid": _hard_sigmoid, "HardSwish": _hard_swish, "LeakyRelu": _leaky_relu,
+    "Gelu": _gelu, "Softsign": _softsign, "Softplus": _softplus, "Elu": _elu, "Selu": _selu, "Celu": _celu,
+    "ThresholdedRelu": _thresholded_relu, "Mish": _mish,
+}
+for _name, _fn in UNARY.items():
+    register(OpDef(_name, _same_infer, _unary(_fn)))
+
+register(OpDef("Not", _same_infer, _unary(_ufunc(np.logical_not))))
+register(OpDef("IsNaN", _bool_infer, _unary(_ufunc(np.isnan))))
+
+
+def _build_isinf(node, ins, outs):
+    pos, neg = node.attrs.get("detect_positive", 1), node.attrs.get("detect_negative", 1)
+
+    def run(i, o):
+        x = i[0]
+        np.copyto(o[0], (np.isposinf(x) if pos else False) | (np.isneginf(x) if neg else False))
+
+    return run
+
+
+register(OpDef("IsInf", _bool_infer, _build_isinf))
+
+for _name, _ufn in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply)):
+    register(OpDef(_name, _arith_infer, _binary(_ufn)))
+register(OpDef("Div", _arith_infer, _build_div))
+register(OpDef("Mod", _arith_infer, _build_mod))
+register(OpDef("Pow", _pow_infer, _binary(np.power)))
+register(OpDef("PRelu", _arith_infer, lambda n, i, o: (
+    lambda ii, oo: np.copyto(oo[0], np.where(ii[0] < 0, ii[0] * ii[1], ii[0]), casting="unsafe"))))
+for _name, _ufn in (("Equal", np.equal), ("Less", np.less), ("LessOrEqual", np.less_equal),
+                    ("Greater", np.greater), ("GreaterOrEqual", np.greater_equal),
+                    ("And", np.logical_and), ("Or", np.logical_or), ("Xor", np.logical_xor)):
+    register(OpDef(_name, _compare_infer, _binary(_ufn)))
+for _name, _ufn, _mean in (("Max", np.maximum, False), ("Min", np.minimum, False),
+                           ("Sum", np.add, False), ("Mean", np.add, True)):
+    register(OpDef(_name, _arith_infer, _variadic(_ufn, _mean)))
+
+
+def _clip_bounds(node, ins):
+    if node.opset < 11:
+        return node.attrs.get("min"), node.attrs.get("max")
+    return tuple(np.asarray(ins[k].value).reshape(()) if len(ins) > k and ins[k] is not None else None
+                 for k in (1, 2))
+
+
+def _build_clip(node, ins, outs):
+    lo, hi = _clip_bounds(node, ins)
+
+    def run(i, o):
+        if lo is None and hi is None:
+            np.copyto(o[0], i[0])
+        else:
+            np.clip(i[0], lo, hi, out=o[0])
+
+    return run
+
+
+register(OpDef("Clip", _same_infer, _build_clip, const_inputs=(1, 2)))
