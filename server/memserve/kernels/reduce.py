@@ -1,0 +1,277 @@
+"""Reductions over axes: ReduceX, ArgMax/ArgMin, Softmax/LogSoftmax, LayerNormalization."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgument, UnsupportedModel
+from . import Node, OpDef, TensorInfo, register
+from .shape import norm_axis
+
+
+def reduce_axes(node: Node, ins: list[TensorInfo | None]) -> tuple[int, ...] | None:
+    """The axes to reduce; None means the reduction is the identity (noop_with_empty_axes)."""
+    rank = len(ins[0].shape)
+    moved = 13 if node.op_type == "ReduceSum" else 18
+    if node.opset < moved:
+        axes = node.attrs.get("axes")
+    else:
+        axes = [int(v) for v in np.asarray(ins[1].value).reshape(-1)] if len(ins) > 1 and ins[1] is not None else None
+    if not axes:
+        return None if node.attrs.get("noop_with_empty_axes", 0) and node.opset >= moved else tuple(range(rank))
+    return tuple(sorted({norm_axis(node, a, rank) for a in axes}))
+
+
+def _reduce_infer(node, ins):
+    x = ins[0]
+    axes = reduce_axes(node, ins)
+    if axes is None:
+        return [TensorInfo(x.dtype, x.shape)]
+    keep = node.attrs.get("keepdims", 1)
+    shape = tuple(1 if k in axes else d for k, d in enumerate(x.shape) if keep or k not in axes)
+    return [TensorInfo(x.dtype, shape)]
+
+
+# op -> (function over (x, axes, keepdims, out), value of an empty reduction)
+REDUCERS = {
+    "ReduceSum": (lambda x, a, k, out: np.sum(x, axis=a, keepdims=k, out=out), 0),
+    "ReduceMean": (lambda x, a, k, out: np.mean(x, axis=a, keepdims=k, out=out), np.nan),
+    "ReduceMax": (lambda x, a, k, out: np.max(x, axis=a, keepdims=k, out=out), -np.inf),
+    "ReduceMin": (lambda x, a, k, out: np.min(x, axis=a, keepdims=k, out=out), np.inf),
+    "ReduceProd": (lambda x, a, k, out: np.prod(x, axis=a, keepdims=k, out=out), 1),
+    "ReduceL1": (lambda x, a, k, out: np.sum(np.abs(x), axis=a, keepdims=k, out=out), 0),
+    "ReduceL2": (lambda x, a, k, out: np.sqrt(np.sum(np.square(x), axis=a, keepdims=k), out=out), 0),
+    "ReduceSumSquare": (lambda x, a, k, out: np.sum(np.square(x), axis=a, keepdims=k, out=out), 0),
+    "ReduceLogSum": (lambda x, a, k, out: np.log(np.sum(x, axis=a, keepdims=k), out=out), -np.inf),
+    "ReduceLogSumExp": (lambda x, a, k, out: np.copyto(out, _logsumexp(x, a, k), casting="unsafe"), -np.inf),
+}
+
+
+def _logsumexp(x, axes, keep):
+    m = np.max(x, axis=axes, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    r = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+    return r if keep else np.squeeze(r, axis=axes)
+
+
+def _empty_value(empty: float, dtype: np.dtype):
+    """The reduction of nothing, in the output's type (the -inf of an int is its minimum)."""
+    if dtype == np.bool_:
+        return empty > 0
+    if np.issubdtype(dtype, np.integer) and not np.isfinite(empty):
+        return np.iinfo(dtype).min if empty < 0 else np.iinfo(dtype).max
+    return empty
+
+
+def _build_reduce(node, ins, outs):
+    axes = reduce_axes(node, ins)
+    keep = bool(node.attrs.get("keepdims", 1))
+    fn, empty = REDUCERS[node.op_type]
+    is_int = np.issubdtype(outs[0].dtype, np.integer)
+    empty = _empty_value(empty, outs[0].dtype)
+
+    def run(i, o):
+        x, y = i[0], o[0]
+        if axes is None:
+            np.copyto(y, x)
+        elif x.size == 0 or any(x.shape[a] == 0 for a in axes):
+            y.fill(empty)
+        elif is_int and node.op_type == "ReduceMean":
+            np.copyto(y, np.mean(x, axis=axes, keepdims=keep), casting="unsafe")
+        else:
+            fn(x, axes, keep, y)
+
+    return run
+
+
+for _name in REDUCERS:
+    register(OpDef(_name, _reduce_infer, _build_reduce, const_inputs=(1,)))
+
+
+def _arg_infer(node, ins):
+    x = ins[0]
+    axis = norm_axis(node, node.attrs.get("axis", 0), len(x.shape))
+    keep = node.attrs.get("keepdims", 1)
+    shape = tuple(1 if k == axis else d for k, d in enumerate(x.shape) if keep or k != axis)
+    return [TensorInfo(np.dtype(np.int64), shape)]
+
+
+def _build_arg(node, ins, outs):
+    axis = norm_axis(node, node.attrs.get("axis", 0), len(ins[0].shape))
+    last = node.attrs.get("select_last_index", 0)
+    fn = np.argmax if node.op_type == "ArgMax" else np.argmin
+
+    def run(i, o):
+        x = i[0]
+        out = o[0].reshape(tuple(d for k, d in enumerate(x.shape) if k != axis))
+        if last:
+            fn(np.flip(x, axis), axis=axis, out=out)
+            np.subtract(x.shape[axis] - 1, out, out=out)
+        else:
+            fn(x, axis=axis, out=out)
+
+    return run
+
+
+register(OpDef("ArgMax", _arg_infer, _build_arg))
+register(OpDef("ArgMin", _arg_infer, _build_arg))
+
+
+# -- softmax ----------------------------------------------------------------------
+
+def _softmax_axis(node: Node, rank: int) -> int:
+    return norm_axis(node, node.attrs.get("axis", -1 if node.opset >= 13 else 1), rank)
+
+
+def _rows_view(x: np.ndarray, node: Node, axis: int) -> tuple[np.ndarray, int]:
+    """Opsets before 13 flatten to 2-D at `axis` and normalise each row."""
+    if node.opset >= 13:
+        return x, axis
+    return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1), 1
+
+
+def _softmax_infer(node, ins):
+    x = ins[0]
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): needs a float input, got {x.dtype}")
+    _softmax_axis(node, len(x.shape))
+    return [TensorInfo(x.dtype, x.shape)]
+
+
+def _softmax_scratch(node, ins, outs):
+    x = ins[0]
+    axis = _softmax_axis(node, len(x.shape))
+    if node.opset >= 13:
+        shape = tuple(1 if d == axis else s for d, s in enumerate(x.shape))
+    else:
+        shape = (int(np.prod(x.shape[:axis], dtype=np.int64)), 1)
+    return [TensorInfo(x.dtype, shape)]
+
+
+def _build_softmax(node, ins, outs):
+    axis = _softmax_axis(node, len(ins[0].shape))
+    log = node.op_type == "LogSoftmax"
+
+    def run(i, o):
+        x, ax = _rows_view(i[0], node, axis)
+        y, _ = _rows_view(o[0], node, axis)
+        red = o[1]
+        if x.size == 0:
+            return
+        np.max(x, axis=ax, keepdims=True, out=red)
+        np.subtract(x, red, out=y)
+        if log:  # y = (x - max) - log(sum(exp(x - max)))
+            np.sum(np.exp(y), axis=ax, keepdims=True, out=red)
+            np.log(red, out=red)
+            y -= red
+            return
+        np.exp(y, out=y)
+        np.sum(y, axis=ax, keepdims=True, out=red)
+        y /= red
+
+    return run
+
+
+register(OpDef("Softmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch))
+register(OpDef("LogSoftmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch))
+
+
+# -- normalization ----------------------------------------------------------------
+
+def _ln_split(node, shape) -> tuple[int, int]:
+    axis = norm_axis(node, node.attrs.get("axis", -1), len(shape))
+    return int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64))
+
+
+def _ln_infer(node, ins):
+    x = ins[0]
+    axis = norm_axis(node, node.attrs.get("axis", -1), len(x.shape))
+    stat = tuple(d if k < axis else 1 for k, d in enumerate(x.shape))
+    outs = [TensorInfo(x.dtype, x.shape)]
+    outs += [TensorInfo(np.dtype(np.float32), stat)] * (len(node.outputs) - 1)
+    return outs
+
+
+def _ln_scratch(node, ins, outs):
+    rows, _ = _ln_split(node, ins[0].shape)
+    return [TensorInfo(ins[0].dtype, (rows, 1)), TensorInfo(ins[0].dtype, (rows, 1))]
+
+
+def _build_ln(node, ins, outs):
+    rows, cols = _ln_split(node, ins[0].shape)
+    eps = node.attrs.get("epsilon", 1e-5)
+    n_out = len(outs)
+
+    def run(i, o):
+        x, scale, bias = i[0], i[1], i[2] if len(i) > 2 else None
+        y, mean, inv = o[0], o[-2], o[-1]
+        x2, y2 = x.reshape(-1, cols), y.reshape(-1, cols)
+        np.mean(x2, axis=1, keepdims=True, out=mean[: x2.shape[0]])
+        m = mean[: x2.shape[0]]
+        np.subtract(x2, m, out=y2)
+        v = inv[: x2.shape[0]]
+        np.einsum("ij,ij->i", y2, y2, out=v[:, 0])
+        v /= cols
+        v += eps
+        np.sqrt(v, out=v)
+        np.reciprocal(v, out=v)
+        y2 *= v
+        y *= scale
+        if bias is not None:
+            y += bias
+        if n_out > 1:
+            np.copyto(o[1].reshape(-1), m.reshape(-1), casting="unsafe")
+        if n_out > 2:
+            np.copyto(o[2].reshape(-1), v.reshape(-1), casting="unsafe")
+
+    return run
+
+
+register(OpDef("LayerNormalization", _ln_infer, _build_ln, scratch=_ln_scratch))
+
+
+def _bn_infer(node, ins):
+    if node.attrs.get("training_mode", 0):
+        raise UnsupportedModel(f"node {node.name!r} (BatchNormalization): training mode is not supported")
+    return [TensorInfo(ins[0].dtype, ins[0].shape)]
+
+
+def bn_affine(node: Node, scale, bias, mean, var) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNormalization as y = a * x + b per channel."""
+    a = scale / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
+    return a, bias - mean * a
+
+
+def _build_bn(node, ins, outs):
+    rank = len(ins[0].shape)
+    bshape = (-1,) + (1,) * (rank - 2)
+
+    def run(i, o):
+        a, b = bn_affine(node, *i[1:5])
+        np.multiply(i[0], a.reshape(bshape).astype(o[0].dtype, copy=False), out=o[0])
+        o[0] += b.reshape(bshape).astype(o[0].dtype, copy=False)
+
+    return run
+
+
+register(OpDef("BatchNormalization", _bn_infer, _build_bn))
+
+
+def _build_instance_norm(node, ins, outs):
+    eps = node.attrs.get("epsilon", 1e-5)
+    rank = len(ins[0].shape)
+    spatial = tuple(range(2, rank))
+    bshape = (-1,) + (1,) * (rank - 2)
+
+    def run(i, o):
+        x, scale, bias = i
+        mean = x.mean(axis=spatial, keepdims=True)
+        var = x.var(axis=spatial, keepdims=True)
+        np.subtract(x, mean, out=o[0])
+        o[0] /= np.sqrt(var + eps)
+        o[0] *= scale.reshape(bshape)
+        o[0] += bias.reshape(bshape)
+
+    return run
+
+
+register(OpDef("InstanceNormalization", lambda n, i: [TensorInfo(i[0].dtype, i[0].shape)], _build_instance_norm))
