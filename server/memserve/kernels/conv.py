@@ -1,0 +1,282 @@
+"""Convolution, transposed convolution and pooling over 1-D, 2-D and 3-D inputs.
+
+Conv is im2col + GEMM: for each kernel position, the input pixels it sees
+are copied into a column buffer (planned scratch in the workspace), then one
+batched matmul per group multiplies the weights, which are already in the
+(groups, out/groups, in/groups * kernel) layout the GEMM wants, with it. A
+1x1 convolution with stride 1 and no padding skips the copy. Pooling walks
+the kernel positions and folds strided slices of the input into the output.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidArgument, UnsupportedModel
+from . import Node, OpDef, TensorInfo, register
+
+
+@dataclass(frozen=True)
+class Geometry:
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    pads_end: tuple[int, ...]
+    out: tuple[int, ...]
+
+
+def geometry(node: Node, spatial: tuple[int, ...], kernel: tuple[int, ...], ceil_mode: bool = False) -> Geometry:
+    nd = len(spatial)
+    strides = tuple(node.attrs.get("strides", [1] * nd))
+    dilations = tuple(node.attrs.get("dilations", [1] * nd))
+    pads = list(node.attrs.get("pads", [0] * 2 * nd))
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [math.ceil(i / s) for i, s in zip(spatial, strides)]
+        total = [max((o - 1) * s + e - i, 0) for o, s, e, i in zip(out, strides, extent, spatial)]
+        small = [t // 2 for t in total]
+        begin = small if auto_pad == "SAME_UPPER" else [t - h for t, h in zip(total, small)]
+        pads = begin + [t - b for t, b in zip(total, begin)]
+    elif auto_pad == "VALID":
+        pads = [0] * 2 * nd
+    elif auto_pad != "NOTSET":
+        raise UnsupportedModel(f"node {node.name!r} ({node.op_type}): auto_pad {auto_pad!r}")
+    begin, end = pads[:nd], pads[nd:]
+    out = []
+    for i, s, e, b, a in zip(spatial, strides, extent, begin, end):
+        span = i + b + a - e
+        if span < 0:
+            raise InvalidArgument(f"node {node.name!r} ({node.op_type}): kernel {kernel} larger than input {spatial}")
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= i + b:  # the last window would start in the end padding
+            o -= 1
+        out.append(o)
+    return Geometry(tuple(kernel), strides, dilations, tuple(begin), tuple(end), tuple(out))
+
+
+def _window(g: Geometry, axis: int, pos: int, size: int) -> tuple[slice, slice]:
+    """For kernel position `pos` on `axis`: the outputs that see a real input, and those inputs."""
+    s, d, b, o = g.strides[axis], g.dilations[axis], g.pads_begin[axis], g.out[axis]
+    off = pos * d - b  # output j reads input j * s + off
+    lo = max(0, -(off // s))
+    hi = min(o, (size - 1 - off) // s + 1)
+    if hi <= lo:
+        return slice(0, 0), slice(0, 0)
+    return slice(lo, hi), slice(lo * s + off, (hi - 1) * s + off + 1, s)
+
+
+def _positions(kernel):
+    return itertools.product(*(range(k) for k in kernel))
+
+
+# -- Conv -------------------------------------------------------------------------
+
+def _conv_parts(node, ins):
+    x, w = ins[0], ins[1]
+    if len(x.shape) < 3:
+        raise InvalidArgument(f"node {node.name!r} (Conv): input must be N x C x spatial, got {x.shape}")
+    groups = node.attrs.get("group", 1)
+    kernel = tuple(node.attrs.get("kernel_shape", w.shape[2:]))
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+        raise InvalidArgument(f"node {node.name!r} (Conv): input {x.shape}, weights {w.shape} and group {groups} disagree")
+    return x, w, groups, geometry(node, x.shape[2:], kernel)
+
+
+def _pointwise(g: Geometry) -> bool:
+    return all(k == 1 for k in g.kernel) and all(s == 1 for s in g.strides) and not any(g.pads_begin + g.pads_end)
+
+
+def _conv_infer(node, ins):
+    x, w, _, g = _conv_parts(node, ins)
+    return [TensorInfo(x.dtype, (x.shape[0], w.shape[0]) + g.out)]
+
+
+def _conv_scratch(node, ins, outs):
+    x, w, groups, g = _conv_parts(node, ins)
+    if _pointwise(g):
+        return []
+    return [TensorInfo(x.dtype, (x.shape[0], x.shape[1]) + g.kernel + g.out)]
+
+
+def _build_conv(node, ins, outs):
+    x, w, groups, g = _conv_parts(node, ins)
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    k = int(np.prod(g.kernel))
+    p = int(np.prod(g.out))
+    pointwise = _pointwise(g)
+    has_bias = len(ins) > 2 and ins[2] is not None
+    bshape = (m,) + (1,) * len(g.out)
+    pad = any(g.pads_begin + g.pads_end) or any(
+        _window(g, a, pos, x.shape[2 + a])[0] != slice(0, g.out[a])
+        for a in range(len(g.out)) for pos in range(g.kernel[a]))
+    plan = [(pos, tuple(_window(g, a, q, x.shape[2 + a]) for a, q in enumerate(pos))) for pos in _positions(g.kernel)]
+
+    def run(i, o):
+        xv, wv, y = i[0], i[1], o[0]
+        if pointwise:
+            cols = xv.reshape(n, groups, c // groups, p)
+        else:
+            buf = o[1]
+            if pad:
+                buf.fill(0)
+            lead = (slice(None), slice(None))
+            for pos, windows in plan:
+                dst = lead + pos + tuple(wd[0] for wd in windows)
+                src = lead + tuple(wd[1] for wd in windows)
+                buf[dst] = xv[src]
+            cols = buf.reshape(n, groups, (c // groups) * k, p)
+        np.matmul(wv.reshape(groups, m // groups, -1), cols, out=y.reshape(n, groups, m // groups, p))
+        if has_bias:
+            y += i[2].reshape(bshape)
+
+    return run
+
+
+register(OpDef("Conv", _conv_infer, _build_conv, scratch=_conv_scratch))
+
+
+# -- ConvTranspose ----------------------------------------------------------------
+
+def _convt_parts(node, ins):
+    x, w = ins[0], ins[1]
+    groups = node.attrs.get("group", 1)
+    nd = len(x.shape) - 2
+    kernel = tuple(node.attrs.get("kernel_shape", w.shape[2:]))
+    strides = tuple(node.attrs.get("strides", [1] * nd))
+    dilations = tuple(node.attrs.get("dilations", [1] * nd))
+    out_pad = tuple(node.attrs.get("output_padding", [0] * nd))
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    full = [s * (i - 1) + op + e for s, i, op, e in zip(strides, x.shape[2:], out_pad, extent)]
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    given = list(node.attrs["output_shape"])[-nd:] if "output_shape" in node.attrs else None
+    if "pads" in node.attrs or auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = list(node.attrs.get("pads", [0] * 2 * nd))
+        out = given or [f - b - a for f, b, a in zip(full, pads[:nd], pads[nd:])]
+    else:  # as the ONNX reference: SAME_UPPER puts the smaller half of the padding first
+        out = given or [i * s for i, s in zip(x.shape[2:], strides)]
+        total = [f - o for f, o in zip(full, out)]
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+        pads = begin + [t - b for t, b in zip(total, begin)]
+    # The image is accumulated at full size (or larger, when output_shape asks for more) and cropped.
+    canvas = tuple(max(f, b + o) for f, b, o in zip(full, pads[:nd], out))
+    return x, w, groups, kernel, strides, dilations, tuple(pads[:nd]), canvas, tuple(out)
+
+
+def _convt_infer(node, ins):
+    x, w, groups, *_, out = _convt_parts(node, ins)
+    return [TensorInfo(x.dtype, (x.shape[0], w.shape[1] * groups) + out)]
+
+
+def _convt_scratch(node, ins, outs):
+    x, w, groups, kernel, _, _, _, full, _ = _convt_parts(node, ins)
+    m = w.shape[1] * groups
+    return [TensorInfo(x.dtype, (x.shape[0], m) + tuple(kernel) + x.shape[2:]),
+            TensorInfo(x.dtype, (x.shape[0], m) + full)]
+
+
+def _build_convt(node, ins, outs):
+    x, w, groups, kernel, strides, dilations, begin, full, out = _convt_parts(node, ins)
+    n, c = x.shape[:2]
+    mg = w.shape[1]
+    k = int(np.prod(kernel))
+    isz = x.shape[2:]
+    has_bias = len(ins) > 2 and ins[2] is not None
+    crop = (slice(None), slice(None)) + tuple(slice(b, b + o) for b, o in zip(begin, out))
+    bshape = (-1,) + (1,) * len(out)
+
+    def run(i, o):
+        xv, wv, y, cols, acc = i[0], i[1], o[0], o[1], o[2]
+        # cols[n, g, (mg, k), pixels] = W[g]^T @ x[n, g]
+        wt = wv.reshape(groups, c // groups, mg * k).transpose(0, 2, 1)
+        np.matmul(wt, xv.reshape(n, groups, c // groups, -1), out=cols.reshape(n, groups, mg * k, -1))
+        acc.fill(0)
+        for pos in _positions(kernel):
+            dst = (slice(None), slice(None)) + tuple(
+                slice(q * d, q * d + s * (sz - 1) + 1, s) for q, d, s, sz in zip(pos, dilations, strides, isz))
+            acc[dst] += cols[(slice(None), slice(None)) + pos]
+        np.copyto(y, acc[crop])
+        if has_bias:
+            y += i[2].reshape(bshape)
+
+    return run
+
+
+register(OpDef("ConvTranspose", _convt_infer, _build_convt, scratch=_convt_scratch))
+
+
+# -- pooling ----------------------------------------------------------------------
+
+def _pool_geometry(node, ins) -> Geometry:
+    x = ins[0]
+    if len(ins) and node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
+        raise UnsupportedModel(f"node {node.name!r} (MaxPool): the Indices output is not supported")
+    return geometry(node, x.shape[2:], tuple(node.attrs["kernel_shape"]), bool(node.attrs.get("ceil_mode", 0)))
+
+
+def _pool_infer(node, ins):
+    g = _pool_geometry(node, ins)
+    return [TensorInfo(ins[0].dtype, ins[0].shape[:2] + g.out)]
+
+
+def _avg_count(g: Geometry, spatial, include_pad: bool) -> np.ndarray:
+    """How many inputs each output averages, as an outer product of per-axis counts."""
+    counts = []
+    for a, size in enumerate(spatial):
+        lo, hi = (-g.pads_begin[a], size + g.pads_end[a]) if include_pad else (0, size)
+        starts = np.arange(g.out[a]) * g.strides[a] - g.pads_begin[a]
+        taps = starts[:, None] + np.arange(g.kernel[a]) * g.dilations[a]
+        counts.append(((taps >= lo) & (taps < hi)).sum(axis=1))
+    total = counts[0]
+    for c in counts[1:]:
+        total = np.multiply.outer(total, c)
+    return total
+
+
+def _build_pool(node, ins, outs):
+    g = _pool_geometry(node, ins)
+    spatial = ins[0].shape[2:]
+    is_max = node.op_type == "MaxPool"
+    plan = [tuple(_window(g, a, q, spatial[a]) for a, q in enumerate(pos)) for pos in _positions(g.kernel)]
+    lead = (slice(None), slice(None))
+    dtype = outs[0].dtype
+    init = (-np.inf if dtype.kind == "f" else np.iinfo(dtype).min) if is_max else 0
+    count = None if is_max else _avg_count(g, spatial, bool(node.attrs.get("count_include_pad", 0))).astype(dtype)
+
+    def run(i, o):
+        x, y = i[0], o[0]
+        y.fill(init)
+        fold = np.maximum if is_max else np.add
+        for windows in plan:
+            dst = lead + tuple(w[0] for w in windows)
+            fold(y[dst], x[lead + tuple(w[1] for w in windows)], out=y[dst])
+        if count is not None:
+            y /= count
+
+    return run
+
+
+def _global_infer(node, ins):
+    x = ins[0]
+    return [TensorInfo(x.dtype, x.shape[:2] + (1,) * (len(x.shape) - 2))]
+
+
+def _build_global(node, ins, outs):
+    axes = tuple(range(2, len(ins[0].shape)))
+    fn = np.mean if node.op_type == "GlobalAveragePool" else np.max
+
+    def run(i, o):
+        fn(i[0], axis=axes, keepdims=True, out=o[0])
+
+    return run
+
+
+register(OpDef("MaxPool", _pool_infer, _build_pool))
+register(OpDef("AveragePool", _pool_infer, _build_pool))
+register(OpDef("GlobalAveragePool", _global_infer, _build_global))
+register(OpDef("GlobalMaxPool", _global_infer, _build_global))
