@@ -1,0 +1,169 @@
+"""Resize and Upsample: nearest, linear and cubic, separable along each axis.
+
+For every resized axis the output coordinate is mapped back to the input
+(the coordinate_transformation_mode), and each output position reads a few
+input taps with weights: 1 tap for nearest, 2 for linear, 4 for cubic. The
+axes are applied one after another; intermediate results are numpy
+temporaries (this op is rare on the hot path of the models served here).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgument, UnsupportedModel
+from . import Node, OpDef, TensorInfo, register
+
+
+def _value(info):
+    return None if info is None or info.value is None or info.value.size == 0 else np.asarray(info.value)
+
+
+def _params(node: Node, ins) -> dict:
+    """Scales, output sizes, roi and modes, whatever the opset spelled them."""
+    x = ins[0]
+    rank = len(x.shape)
+    if node.op_type == "Upsample":
+        scales = node.attrs.get("scales") if node.opset < 9 else _value(ins[1])
+        mode = node.attrs.get("mode", "nearest")
+        return _finish(node, x, rank, np.asarray(scales, np.float64), None, None, mode,
+                       "asymmetric", "floor", list(range(rank)))
+    if node.opset < 11:
+        scales, roi, sizes = _value(ins[1]), None, None
+    else:
+        roi = _value(ins[1]) if len(ins) > 1 else None
+        scales = _value(ins[2]) if len(ins) > 2 else None
+        sizes = _value(ins[3]) if len(ins) > 3 else None
+    axes = [a % rank for a in node.attrs.get("axes", range(rank))]
+    default_ctm = "asymmetric" if node.opset < 11 else "half_pixel"
+    return _finish(node, x, rank, scales, sizes, roi, node.attrs.get("mode", "nearest"),
+                   node.attrs.get("coordinate_transformation_mode", default_ctm),
+                   node.attrs.get("nearest_mode", "round_prefer_floor" if node.opset >= 11 else "floor"), axes)
+
+
+def _finish(node, x, rank, scales, sizes, roi, mode, ctm, nearest_mode, axes) -> dict:
+    if node.attrs.get("antialias", 0):
+        raise UnsupportedModel(f"node {node.name!r} (Resize): antialias is not supported")
+    if mode not in ("nearest", "linear", "cubic"):
+        raise UnsupportedModel(f"node {node.name!r} (Resize): mode {mode!r} is not supported")
+    in_sizes = [x.shape[a] for a in axes]
+    if sizes is not None:
+        sizes = [int(s) for s in sizes]
+        policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            pick = min if policy == "not_larger" else max
+            scale = pick(s / i for s, i in zip(sizes, in_sizes))
+            sizes = [int(np.floor(scale * i + 0.5)) for i in in_sizes]
+            scales = [scale] * len(axes)
+        else:
+            scales = [s / i for s, i in zip(sizes, in_sizes)]
+    elif scales is not None:
+        scales = [float(s) for s in scales]
+        if len(scales) == rank and len(axes) != rank:
+            scales = [scales[a] for a in axes]
+        sizes = [int(np.floor(i * s)) for i, s in zip(in_sizes, scales)]
+    else:
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): needs scales or sizes known when the model loads")
+    full_roi = None
+    if ctm == "tf_crop_and_resize":
+        roi = [float(r) for r in roi]
+        n = len(axes)
+        full_roi = (roi[:n], roi[n:])
+    out_shape = list(x.shape)
+    for a, s in zip(axes, sizes):
+        out_shape[a] = s
+    return dict(axes=axes, scales=scales, sizes=sizes, roi=full_roi, mode=mode, ctm=ctm, nearest=nearest_mode,
+                shape=tuple(out_shape))
+
+
+def _infer(node, ins):
+    p = _params(node, ins)
+    return [TensorInfo(ins[0].dtype, p["shape"])]
+
+
+def _source(ctm: str, o: np.ndarray, scale: float, n_in: int, n_out: int, roi) -> np.ndarray:
+    if ctm == "half_pixel":
+        return (o + 0.5) / scale - 0.5
+    if ctm == "half_pixel_symmetric":
+        adjust = n_out / (scale * n_in)
+        return n_in / 2 * (1 - adjust) + (o + 0.5) / scale - 0.5
+    if ctm == "pytorch_half_pixel":
+        return (o + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(o)
+    if ctm == "align_corners":
+        # As the ONNX reference: the resized length is n_in * scale, before flooring.
+        return o * (n_in - 1) / (n_in * scale - 1) if n_out > 1 else np.zeros_like(o)
+    if ctm == "asymmetric":
+        return o / scale
+    if ctm == "tf_crop_and_resize":
+        start, end = roi
+        if n_out > 1:
+            return start * (n_in - 1) + o * (end - start) * (n_in - 1) / (n_out - 1)
+        return 0.5 * (start + end) * (n_in - 1) + 0 * o
+    raise UnsupportedModel(f"coordinate_transformation_mode {ctm!r} is not supported")
+
+
+def _cubic(t: np.ndarray, a: float) -> np.ndarray:
+    t = np.abs(t)
+    return np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                    np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0))
+
+
+def _taps(node, p, k: int, n_in: int, n_out: int):
+    """(indices, weights, outside) of shape (n_out, taps), (n_out, taps), (n_out,) for one axis."""
+    roi = (p["roi"][0][k], p["roi"][1][k]) if p["roi"] else None
+    x = _source(p["ctm"], np.arange(n_out, dtype=np.float64), p["scales"][k], n_in, n_out, roi)
+    outside = (x < 0) | (x > n_in - 1) if p["ctm"] == "tf_crop_and_resize" else np.zeros(n_out, bool)
+    mode = p["mode"]
+    if mode == "nearest":
+        rounding = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+                    "floor": np.floor, "ceil": np.ceil}[p["nearest"]]
+        idx = np.clip(rounding(x), 0, n_in - 1).astype(np.int64)[:, None]
+        return idx, np.ones_like(idx, np.float64), outside
+    if mode == "linear":
+        xc = np.clip(x, 0, n_in - 1)
+        i0 = np.floor(xc).astype(np.int64)
+        w = xc - i0
+        return np.stack([i0, np.minimum(i0 + 1, n_in - 1)], 1), np.stack([1 - w, w], 1), outside
+    a = node.attrs.get("cubic_coeff_a", -0.75)
+    base = np.floor(x).astype(np.int64)
+    idx = base[:, None] + np.arange(-1, 3)
+    w = _cubic(x[:, None] - idx, a)
+    if node.attrs.get("exclude_outside", 0):
+        w = np.where((idx < 0) | (idx >= n_in), 0, w)
+        w /= w.sum(axis=1, keepdims=True)
+    return np.clip(idx, 0, n_in - 1), w, outside
+
+
+def _build(node, ins, outs):
+    p = _params(node, ins)
+    shape = ins[0].shape
+    plans = []
+    for k, (a, n_out) in enumerate(zip(p["axes"], p["sizes"])):
+        n_in = shape[a]
+        if n_in == n_out and p["scales"][k] == 1 and p["ctm"] != "tf_crop_and_resize":
+            continue
+        plans.append((a, *_taps(node, p, k, n_in, n_out)))
+    extrapolation = node.attrs.get("extrapolation_value", 0.0)
+
+    def run(i, o):
+        y = i[0].astype(np.float64) if p["mode"] != "nearest" else i[0]
+        mask = None
+        for a, idx, w, outside in plans:
+            taken = np.take(y, idx, axis=a)  # (..., n_out, taps, ...)
+            if idx.shape[1] == 1:
+                y = taken.squeeze(a + 1)
+            else:
+                y = (taken * w.reshape(w.shape + (1,) * (taken.ndim - a - 2))).sum(axis=a + 1)
+            if outside.any():
+                m = outside.reshape((-1,) + (1,) * (y.ndim - a - 1))
+                mask = m if mask is None else (mask | m)
+        if mask is not None:
+            y = np.where(mask, extrapolation, y)
+        if np.issubdtype(o[0].dtype, np.integer) and p["mode"] != "nearest":
+            y = np.rint(y)
+        np.copyto(o[0], y, casting="unsafe")
+
+    return run
+
+
+register(OpDef("Resize", _infer, _build, const_inputs=(1, 2, 3)))
+register(OpDef("Upsample", _infer, _build, const_inputs=(1,)))
