@@ -98,4 +98,4 @@ def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[Ten
 
 
 # Importing the modules registers their ops.
-from . import conv, elementwise, linalg, reduce, resize, shape  # noqa: E402,F401
+from . import conv, elementwise, linalg, ml, reduce, resize, shape  # noqa: E402,F401

@@ -51,6 +51,9 @@ def import_onnx(data: bytes) -> Graph:
         if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
             weights[node.outputs[0]] = _constant_value(node)
             continue
+        if node.op_type == "ZipMap":
+            raise UnsupportedModel(f"node {node.name!r} (ZipMap) outputs a sequence of maps; export the "
+                                   "scikit-learn classifier with options={'zipmap': False}")
         if lookup(node.domain, node.op_type) is None:
             domain = f"{node.domain}." if node.domain else ""
             unsupported.append(f"{node.name!r} ({domain}{node.op_type})")
@@ -105,8 +108,7 @@ def _parse(data: bytes) -> onnx.ModelProto:
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:
     opsets = {("" if imp.domain == "ai.onnx" else imp.domain): imp.version for imp in model.opset_import}
-    if "" not in opsets:
-        raise ModelParseError("model imports no version of the default ONNX opset")
+    opsets.setdefault("", onnx.defs.onnx_opset_version())  # a model of ai.onnx.ml ops alone needs none
     return opsets
 
 
