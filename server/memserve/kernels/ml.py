@@ -94,7 +94,8 @@ def _build_normalizer(node, ins, outs):
 
 def _afe_infer(node, ins):
     x, idx = ins
-    shape = x.shape[:-1] + (int(np.prod(idx.shape, dtype=np.int64)),) if len(x.shape) > 1 else (1, idx.shape[-1])
+    picked = int(np.prod(idx.shape, dtype=np.int64))
+    shape = x.shape[:-1] + (picked,) if len(x.shape) > 1 else (1, picked)
     return [TensorInfo(x.dtype, shape)]
 
 
