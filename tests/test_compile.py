@@ -114,12 +114,31 @@ def test_unsupported_op_is_named():
         compile_model(model)
 
 
-def test_subgraph_is_refused_naming_the_node():
-    branch = helper.make_graph([helper.make_node("Identity", ["x"], ["o"])], "b", [],
-                               [helper.make_tensor_value_info("o", F32, [2])])
-    nodes = [helper.make_node("If", ["c"], ["y"], name="branchy", then_branch=branch, else_branch=branch)]
+def _branch(op, name):
+    return helper.make_graph([helper.make_node(op, ["x"], [name])], name, [], [helper.make_tensor_value_info(name, F32, [2])])
+
+
+def test_if_with_a_condition_known_at_load_is_inlined():
+    nodes = [helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.BOOL, [], [False])),
+             helper.make_node("If", ["c"], ["y"], name="choose", then_branch=_branch("Relu", "t"),
+                              else_branch=_branch("Neg", "e"))]
+    model = graph_model(nodes, [("x", F32, [2])], [("y", F32, [2])])
+    plan = compile_model(model)
+    assert [s.node.op_type for s in plan.steps] == ["Neg", "Identity"]
+    np.testing.assert_array_equal(run_local(model, {"x": np.array([1, -2], np.float32)})[0], [-1, 2])
+
+
+def test_control_flow_is_refused_naming_the_node():
+    nodes = [helper.make_node("If", ["c"], ["y"], name="branchy", then_branch=_branch("Relu", "t"),
+                              else_branch=_branch("Neg", "e"))]
     model = graph_model(nodes, [("c", TensorProto.BOOL, []), ("x", F32, [2])], [("y", F32, [2])])
-    with pytest.raises(UnsupportedModel, match=r"'branchy' \(If\) has a subgraph"):
+    with pytest.raises(UnsupportedModel, match=r"'branchy' \(If\): its condition is not a constant"):
+        compile_model(model)
+    body = helper.make_graph([helper.make_node("Identity", ["x"], ["o"])], "b", [],
+                             [helper.make_tensor_value_info("o", F32, [2])])
+    loop = [helper.make_node("Loop", ["", "c"], ["y"], name="loopy", body=body)]
+    model = graph_model(loop, [("c", TensorProto.BOOL, []), ("x", F32, [2])], [("y", F32, [2])])
+    with pytest.raises(UnsupportedModel, match=r"'loopy' \(Loop\) has a subgraph"):
         compile_model(model)
 
 

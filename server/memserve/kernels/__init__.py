@@ -52,6 +52,7 @@ class Node:
     attrs: dict[str, Any] = field(default_factory=dict)
     opset: int = 13
     domain: str = ""
+    captures: list[str] = field(default_factory=list)  # outer names an If's branches read
 
 
 InferFn = Callable[[Node, list[TensorInfo | None]], list[TensorInfo]]

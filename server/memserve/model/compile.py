@@ -158,9 +158,30 @@ class _Walk:
         self.infos.update({name: TensorInfo(dtype, shape) for name, dtype, shape, _ in inputs})
         self.dynamic: set[str] = set()  # known values that depend on the batch size
         self.nodes: list[tuple[Node, OpDef, str]] = []
+        self.batched = batched
         for node in graph.nodes:
-            op = lookup(node.domain, node.op_type)
-            self.nodes.append((node, op, self._visit(node, op, batched)))
+            self._add(node)
+
+    def _add(self, node: Node) -> None:
+        if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+            return self._inline(node)
+        op = lookup(node.domain, node.op_type)
+        self.nodes.append((node, op, self._visit(node, op, self.batched)))
+
+    def _inline(self, node: Node) -> None:
+        """An If whose condition is known at load becomes its chosen branch."""
+        cond = self.infos[node.inputs[0]].value
+        if cond is None or node.inputs[0] in self.dynamic:
+            raise UnsupportedModel(f"node {node.name!r} (If): its condition is not a constant when the model "
+                                   "loads; memserve runs no control flow")
+        branch = node.attrs["then_branch" if bool(np.asarray(cond).reshape(-1)[0]) else "else_branch"]
+        for name, value in branch.weights.items():
+            self.consts[name] = value
+            self.infos[name] = TensorInfo(value.dtype, value.shape, value)
+        for sub in branch.nodes:
+            self._add(sub)
+        for out, src in zip(node.outputs, branch.outputs):
+            self._add(Node("Identity", f"{node.name}/{out}", [src], [out], opset=node.opset))
 
     def _visit(self, node: Node, op: OpDef, batched: bool) -> str:
         ins = [self.infos[n] if n else None for n in node.inputs]

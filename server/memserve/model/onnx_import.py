@@ -38,27 +38,23 @@ class Graph:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Branch:
+    """One branch of an If: inlined by the compiler when the condition is known at load."""
+
+    nodes: list[Node]
+    outputs: list[str]
+    weights: dict[str, np.ndarray]
+
+
 def import_onnx(data: bytes) -> Graph:
     model = _parse(data)
     opsets = _opsets(model)
     opset = opsets[""]
     g = model.graph
     weights = {init.name: _initializer(init) for init in g.initializer}
-    nodes: list[Node] = []
     unsupported: list[str] = []
-    for index, proto in enumerate(g.node):
-        node = _node(proto, index, opsets.get("" if proto.domain == "ai.onnx" else proto.domain, opset))
-        if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
-            weights[node.outputs[0]] = _constant_value(node)
-            continue
-        if node.op_type == "ZipMap":
-            raise UnsupportedModel(f"node {node.name!r} (ZipMap) outputs a sequence of maps; export the "
-                                   "scikit-learn classifier with options={'zipmap': False}")
-        if lookup(node.domain, node.op_type) is None:
-            domain = f"{node.domain}." if node.domain else ""
-            unsupported.append(f"{node.name!r} ({domain}{node.op_type})")
-            continue
-        nodes.append(node)
+    nodes = _import_nodes(g, opsets, weights, unsupported)
     if unsupported:
         shown = ", ".join(unsupported[:5]) + (f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else "")
         raise UnsupportedModel(f"model uses ops memserve does not implement: {shown}")
@@ -119,18 +115,54 @@ def _initializer(init: TensorProto) -> np.ndarray:
         raise ModelParseError(f"initializer {init.name!r} cannot be read: {exc}") from None
 
 
-def _node(proto: onnx.NodeProto, index: int, opset: int) -> Node:
+def _import_nodes(g: onnx.GraphProto, opsets: dict[str, int], weights: dict[str, np.ndarray],
+                  unsupported: list[str]) -> list[Node]:
+    """A graph's nodes; Constant nodes go to `weights`, unknown ops to `unsupported`."""
+    nodes = []
+    for index, proto in enumerate(g.node):
+        node = _node(proto, index, opsets, unsupported)
+        if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
+            weights[node.outputs[0]] = _constant_value(node)
+            continue
+        if node.op_type == "ZipMap":
+            raise UnsupportedModel(f"node {node.name!r} (ZipMap) outputs a sequence of maps; export the "
+                                   "scikit-learn classifier with options={'zipmap': False}")
+        if lookup(node.domain, node.op_type) is None and node.op_type != "If":
+            domain = f"{node.domain}." if node.domain else ""
+            unsupported.append(f"{node.name!r} ({domain}{node.op_type})")
+            continue
+        nodes.append(node)
+    return nodes
+
+
+def _branch(g: onnx.GraphProto, opsets: dict[str, int], unsupported: list[str]) -> tuple[Branch, set[str]]:
+    """A subgraph and the outer names it reads."""
+    weights = {init.name: _initializer(init) for init in g.initializer}
+    nodes = _import_nodes(g, opsets, weights, unsupported)
+    produced = set(weights) | {o for n in nodes for o in n.outputs}
+    outer = {i for n in nodes for i in n.inputs + n.captures if i and i not in produced}
+    outer |= {o.name for o in g.output if o.name not in produced}
+    return Branch(_topological(nodes, outer | set(weights)), [o.name for o in g.output], weights), outer
+
+
+def _node(proto: onnx.NodeProto, index: int, opsets: dict[str, int], unsupported: list[str]) -> Node:
     name = proto.name or f"{proto.op_type}_{index}"
-    attrs = {}
+    opset = opsets.get("" if proto.domain == "ai.onnx" else proto.domain, opsets[""])
+    attrs, captures = {}, set()
     for a in proto.attribute:
         if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
-            raise UnsupportedModel(
-                f"node {name!r} ({proto.op_type}) has a subgraph in attribute {a.name!r}; "
-                "memserve does not run control flow"
-            )
+            if proto.op_type != "If" or a.type != AttributeProto.GRAPH:
+                raise UnsupportedModel(
+                    f"node {name!r} ({proto.op_type}) has a subgraph in attribute {a.name!r}; "
+                    "memserve runs no control flow (an If whose condition is known at load is inlined)"
+                )
+            attrs[a.name], outer = _branch(a.g, opsets, unsupported)
+            captures |= outer
+            continue
         value = helper.get_attribute_value(a)
         attrs[a.name] = value.decode() if isinstance(value, bytes) else value
-    node = Node(proto.op_type, name, list(proto.input), list(proto.output), attrs, opset, proto.domain)
+    node = Node(proto.op_type, name, list(proto.input), list(proto.output), attrs, opset, proto.domain,
+                sorted(captures))
     no_training_input = len(node.inputs) < 3 or not node.inputs[2]
     if node.op_type == "Dropout" and len([o for o in node.outputs if o]) == 1 and no_training_input:
         node.op_type, node.inputs = "Identity", node.inputs[:1]  # without its mask, inference Dropout is the identity
@@ -177,13 +209,13 @@ def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
     while pending:
         rest = []
         for n in pending:
-            if all(i in known for i in n.inputs):
+            if all(i in known for i in n.inputs + n.captures):
                 ordered.append(n)
                 known.update(n.outputs)
             else:
                 rest.append(n)
         if len(rest) == len(pending):
-            missing = sorted({i for n in rest for i in n.inputs if i not in known})[:5]
+            missing = sorted({i for n in rest for i in n.inputs + n.captures if i not in known})[:5]
             raise ModelParseError(f"graph has a cycle or undefined tensors: {missing}")
         pending = rest
     return ordered
