@@ -185,7 +185,7 @@ def _graph_input(v: onnx.ValueInfoProto) -> GraphInput:
     if not v.type.HasField("tensor_type") or not t.HasField("shape"):
         raise UnsupportedModel(f"graph input {v.name!r} is not a tensor with a known rank")
     dtype = element_type(t.elem_type, f"graph input {v.name!r}")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in t.shape.dim]
     names = [d.dim_param for d in t.shape.dim]
     return GraphInput(v.name, dtype, dims, names)
 
