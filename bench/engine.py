@@ -1,0 +1,84 @@
+"""memserve's engine against onnxruntime on the real-model suite, same inputs, same threads.
+
+    python bench/engine.py [--threads 1 2] [--repeat 20] [--filter NAME]
+
+Per model and thread count: median ms of memserve's engine (in process: the
+registry's execute path minus gRPC) and of an onnxruntime session, their
+ratio, memserve's planned work bytes and its lower bound, and how much the
+process's RSS grew when onnxruntime created its session and ran once.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import pathlib
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
+def median_ms(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--filter", default="")
+    a = ap.parse_args()
+    warnings.simplefilter("ignore")
+
+    import onnxruntime as ort
+    from threadpoolctl import threadpool_limits
+
+    from memserve.device import CpuDevice
+    from memserve.registry import LoadOptions, Registry
+    from zoo import SUITE, build
+
+    print(f"{'model':<28} {'thr':>3} {'memserve ms':>11} {'ort ms':>8} {'ratio':>6} "
+          f"{'work B':>11} {'lower bd B':>11} {'ort RSS +B':>11} {'run steps':>9}")
+    for name in SUITE:
+        if a.filter not in name:
+            continue
+        data, feeds = build(name)
+        shapes = {k: v.shape for k, v in feeds.items()}
+        reg = Registry(CpuDevice(8 << 30))
+        m = reg.load(data, LoadOptions(name="m", input_shapes=shapes))
+        steps = sum(1 for s in m.plan.steps if s.phase == "run")
+        for threads in a.threads:
+            with threadpool_limits(threads):
+                ours = median_ms(lambda: reg.execute("m", feeds), a.repeat)
+            gc.collect()
+            before = rss()
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            sess.run(None, feeds)
+            grown = rss() - before
+            theirs = median_ms(lambda: sess.run(None, feeds), a.repeat)
+            del sess
+            print(f"{name:<28} {threads:>3} {ours:>11.3f} {theirs:>8.3f} {ours / theirs:>6.2f} "
+                  f"{m.plan.work_size:>11} {m.plan.work_lower_bound:>11} {grown:>11} {steps:>9}", flush=True)
+        reg.close()
+
+
+if __name__ == "__main__":
+    main()
