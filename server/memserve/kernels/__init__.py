@@ -10,6 +10,8 @@ outputs followed by its scratch arrays, every one preallocated. An `alias`
 op's single output is a view of its first input and costs no memory.
 `const_inputs` are the inputs that must be known when the model loads (a
 Reshape's target shape): kernels read them from the infos at build time.
+`inplace` names the inputs a kernel may overwrite with its output (when the
+input has the output's shape and dtype and dies at this step).
 
 `evaluate` runs an op on known values: the compiler folds constants with it,
 and per batch size it recomputes the small shape values that depend on it.
@@ -68,6 +70,7 @@ class OpDef:
     scratch: ScratchFn | None = None
     alias: bool = False
     const_inputs: tuple[int, ...] = ()
+    inplace: tuple[int, ...] = ()  # inputs whose bytes the output may reuse when they die here
 
 
 REGISTRY: dict[tuple[str, str], OpDef] = {}

@@ -195,8 +195,10 @@ UNARY = {
     "Gelu": _gelu, "Softsign": _softsign, "Softplus": _softplus, "Elu": _elu, "Selu": _selu, "Celu": _celu,
     "ThresholdedRelu": _thresholded_relu, "Mish": _mish,
 }
+# These read x again after they started writing out, so out must not be x.
+NOT_INPLACE = {"HardSwish", "LeakyRelu", "Gelu", "Softsign"}
 for _name, _fn in UNARY.items():
-    register(OpDef(_name, _same_infer, _unary(_fn)))
+    register(OpDef(_name, _same_infer, _unary(_fn), inplace=() if _name in NOT_INPLACE else (0,)))
 
 register(OpDef("Not", _same_infer, _unary(_ufunc(np.logical_not))))
 register(OpDef("IsNaN", _bool_infer, _unary(_ufunc(np.isnan))))
@@ -215,10 +217,10 @@ def _build_isinf(node, ins, outs):
 register(OpDef("IsInf", _bool_infer, _build_isinf))
 
 for _name, _ufn in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply)):
-    register(OpDef(_name, _arith_infer, _binary(_ufn)))
-register(OpDef("Div", _arith_infer, _build_div))
-register(OpDef("Mod", _arith_infer, _build_mod))
-register(OpDef("Pow", _pow_infer, _binary(np.power)))
+    register(OpDef(_name, _arith_infer, _binary(_ufn), inplace=(0, 1)))
+register(OpDef("Div", _arith_infer, _build_div, inplace=(0, 1)))
+register(OpDef("Mod", _arith_infer, _build_mod, inplace=(0, 1)))
+register(OpDef("Pow", _pow_infer, _binary(np.power), inplace=(0,)))
 register(OpDef("PRelu", _arith_infer, lambda n, i, o: (
     lambda ii, oo: np.copyto(oo[0], np.where(ii[0] < 0, ii[0] * ii[1], ii[0]), casting="unsafe"))))
 for _name, _ufn in (("Equal", np.equal), ("Less", np.less), ("LessOrEqual", np.less_equal),
@@ -227,7 +229,7 @@ for _name, _ufn in (("Equal", np.equal), ("Less", np.less), ("LessOrEqual", np.l
     register(OpDef(_name, _compare_infer, _binary(_ufn)))
 for _name, _ufn, _mean in (("Max", np.maximum, False), ("Min", np.minimum, False),
                            ("Sum", np.add, False), ("Mean", np.add, True)):
-    register(OpDef(_name, _arith_infer, _variadic(_ufn, _mean)))
+    register(OpDef(_name, _arith_infer, _variadic(_ufn, _mean), inplace=(0,)))
 
 
 def _clip_bounds(node, ins):
@@ -249,4 +251,4 @@ def _build_clip(node, ins, outs):
     return run
 
 
-register(OpDef("Clip", _same_infer, _build_clip, const_inputs=(1, 2)))
+register(OpDef("Clip", _same_infer, _build_clip, const_inputs=(1, 2), inplace=(0,)))

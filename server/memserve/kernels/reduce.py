@@ -171,8 +171,8 @@ def _build_softmax(node, ins, outs):
     return run
 
 
-register(OpDef("Softmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch))
-register(OpDef("LogSoftmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch))
+register(OpDef("Softmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch, inplace=(0,)))
+register(OpDef("LogSoftmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch, inplace=(0,)))
 
 
 # -- normalization ----------------------------------------------------------------
@@ -226,7 +226,7 @@ def _build_ln(node, ins, outs):
     return run
 
 
-register(OpDef("LayerNormalization", _ln_infer, _build_ln, scratch=_ln_scratch))
+register(OpDef("LayerNormalization", _ln_infer, _build_ln, scratch=_ln_scratch, inplace=(0,)))
 
 
 def _bn_infer(node, ins):
@@ -253,7 +253,7 @@ def _build_bn(node, ins, outs):
     return run
 
 
-register(OpDef("BatchNormalization", _bn_infer, _build_bn))
+register(OpDef("BatchNormalization", _bn_infer, _build_bn, inplace=(0,)))
 
 
 def _build_instance_norm(node, ins, outs):

@@ -76,6 +76,7 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
         if phase != FOLD and any(o in needed for o in node.outputs):
             b.add_step(node, op, phase)
     outputs = [b.claim_output(name) for name in graph.outputs]
+    b.share_dying_inputs()
     work = b.plan_work()
     weight_size, digest = b.layout_weights()
     staged = {i: walk.consts[b.slots[i].name] for i in b.weight_roots()}
@@ -282,6 +283,31 @@ class _Builder:
         self.steps.append(Step(Node("Copy", f"{name}:copy", [name], [name]), COPY, [i], [out]))
         self.claimed.add(out)
         return out
+
+    def share_dying_inputs(self) -> None:
+        """Elementwise steps write over an input that dies there (same shape and dtype): no new bytes."""
+        run = [s for s in self.steps if s.phase == RUN]
+        last: dict[int, int] = {}
+        for k, step in enumerate(run):
+            for i in step.inputs:
+                if i >= 0:
+                    last[self.slots[i].root] = k
+        for k, step in enumerate(run):
+            out = step.outputs[0] if step.outputs else -1
+            if not step.op.inplace or self.slots[out].storage != WORK or self.slots[out].root != out:
+                continue
+            for j in step.op.inplace:
+                src = step.inputs[j] if j < len(step.inputs) else -1
+                root = self.slots[src].root if src >= 0 else -1
+                if (root < 0 or self.slots[root].storage != WORK or last.get(root) != k
+                        or self.slots[src].info.shape != self.slots[out].info.shape
+                        or self.slots[src].info.dtype != self.slots[out].info.dtype):
+                    continue
+                for s in self.slots:  # the output, and any view of it, now live in the input's bytes
+                    if s.root == out:
+                        s.root = root
+                last[root] = last.get(out, k)
+                break
 
     def plan_work(self):
         work = [i for i, s in enumerate(self.slots) if s.storage == WORK and s.root == i]
