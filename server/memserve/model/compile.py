@@ -30,6 +30,7 @@ from ..device import align_up
 from ..errors import InvalidArgument, UnsupportedModel
 from ..kernels import Node, OpDef, TensorInfo, evaluate, lookup
 from ..planner import Lifetime, plan_offsets
+from .fuse import fuse
 from .onnx_import import Graph, import_onnx
 from .plan import BIND, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, Plan, Step, TensorSlot, infer_all
 
@@ -67,6 +68,7 @@ def compile_model(data: bytes, options: CompileOptions = CompileOptions()) -> Pl
 def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     inputs, max_batch = _resolve_inputs(graph, options)
     walk = _Walk(graph, inputs, batched=max_batch > 0)
+    fuse(walk, graph.outputs)
     b = _Builder(walk)
     input_specs = [IOSpec(name, dtype, marked, b.add(name, TensorInfo(dtype, shape), INPUT))
                    for name, dtype, shape, marked in inputs]
