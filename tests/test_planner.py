@@ -60,3 +60,16 @@ def test_no_two_live_tensors_share_bytes(reqs):
                             or plan.offsets[j] + aligned[j] <= plan.offsets[i])
                 assert disjoint, (a, reqs[j], plan.offsets[i], plan.offsets[j])
     assert plan.lower_bound <= plan.size <= sum(aligned)
+
+
+def test_a_later_order_wins_when_largest_first_wastes_space():
+    # A (256, steps 3-5), B (320, step 2), C (320, steps 4-6), D (256, steps 0-3).
+    # Largest first: B and C share offset 0, A goes above C at 320, and D,
+    # alive with both B and A, fits neither below B nor between B and A: it
+    # lands at 576, 832 bytes in all. By size x lifetime (D 1024, C 960,
+    # A 768, B 320): D and C share 0, A sits at 320 above both, and B fits
+    # between D and A at 256: 576 bytes, the lower bound (B and D at step 2).
+    reqs = [Lifetime(256, 3, 5), Lifetime(320, 2, 2), Lifetime(320, 4, 6), Lifetime(256, 0, 3)]
+    plan = plan_offsets(reqs)
+    assert plan.offsets == (320, 256, 0, 0)
+    assert plan.size == plan.lower_bound == 576

@@ -112,7 +112,7 @@ def _torch_entry(kind: str, dynamo: bool = False) -> Model:
                     "resnet18": (lambda: _trained_bn(ResNet18()), (1, 3, 224, 224)),
                     "transformer": (lambda: Transformer().eval(), (1, 16, 64))}[kind]
     m = model()
-    x = torch.randn(*shape)
+    x = torch.randn(2, *shape[1:])  # torch.export specializes a batch of 1; export at 2
     data = _export(m, x, dynamo)
     name = "x" if not dynamo else None
     feeds_name = name or _first_input(data)
