@@ -142,19 +142,25 @@ def per_op_table(results: list[Result]) -> list[tuple[str, int, int, int]]:
 
 
 def markdown(results: list[Result]) -> str:
-    lines = ["# ONNX backend node tests", "", "Made by `python -m tests.conformance.run --markdown docs/conformance.md`.",
-             "", "```", summary(results), "```", "", "| op | passed | failed | unsupported |", "|---|---|---|---|"]
+    lines = ["# ONNX backend node tests", "",
+             "Made by `python -m tests.conformance.run --markdown docs/conformance.md` (onnx "
+             f"{onnx.__version__}); `tests/conformance/test_node_tests.py` runs the same cases in CI.",
+             "", "```", summary(results), "```", "",
+             "A case is unsupported when it uses an op memserve does not implement, or a feature of an",
+             "implemented op that is refused at load with a clear error (reasons below). The last column",
+             "counts the unsupported cases the op appears in, whatever made them unsupported.", "",
+             "| op | passed | failed | in unsupported cases |", "|---|---|---|---|"]
     lines += [f"| {op} | {p} | {f} | {u} |" for op, p, f, u in per_op_table(results) if p or f]
     failed = [r for r in results if r.status == "failed"]
     if failed:
         lines += ["", "## Failures", ""] + [f"- `{r.name}`: {KNOWN_FAILURES.get(r.name, r.reason)}" for r in failed]
-    partly = sorted({r.reason for r in results if r.status == "unsupported" and any(
-        p for op, p, f, u in per_op_table([x for x in results if x.ops == r.ops]) if p)})
-    lines += ["", "## Unsupported cases of implemented ops", ""]
+    groups: dict[str, list[str]] = collections.defaultdict(list)
     for r in results:
         if r.status == "unsupported" and not r.reason.startswith("op "):
-            lines.append(f"- `{r.name}`: {r.reason}")
-    del partly
+            groups[re.sub(r"'[^']*'", "'...'", r.reason.split(";")[0])].append(r.name)
+    lines += ["", "## Refused features of implemented ops", "", "| reason | cases | e.g. |", "|---|---|---|"]
+    for reason, names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"| {reason} | {len(names)} | `{names[0]}` |")
     return "\n".join(lines) + "\n"
 
 
