@@ -55,3 +55,23 @@ def test_large_upload_shows_progress(daemon, client, tmp_path):
     r = cli(daemon, "load", str(path), "--name", "big")
     assert "upload" in r.stderr and "100%" in r.stderr
     assert "weight size: 12582912 bytes" in r.stdout
+
+
+def test_plan_locally_and_from_the_daemon_agree_and_draw(daemon, tmp_path):
+    local = subprocess.run([sys.executable, "-m", "memserve_client.cli", "plan", EXAMPLE, "--max-batch", "8",
+                            "--png", str(tmp_path / "plan.png")], capture_output=True, text=True, timeout=60)
+    assert local.returncode == 0, local.stderr
+    remote = cli(daemon, "plan", EXAMPLE, "--max-batch", "8").stdout
+    assert "work size:        8192 bytes" in local.stdout and "(1.0000 x)" in local.stdout
+    assert "peak at step" in local.stdout and "largest work tensors:" in local.stdout
+    assert local.stdout.split("\n\nwrote")[0].strip() == remote.strip()
+    png = (tmp_path / "plan.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_plan_from_the_daemon_allocates_nothing(daemon, client):
+    info = client.plan(EXAMPLE, max_batch=2)
+    assert info.work_size == 2048 and info.steps == 6
+    assert {p.name for p in info.placements} >= {"h0", "h1", "h2"}
+    assert all(p.offset + p.size <= info.work_size for p in info.placements)
+    assert client.device_status().used == 0

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from . import plan_view
 from .client import Client, MemserveError, Model, TensorSpec
 
 PROGRESS_FROM = 8 << 20  # show an upload progress bar for models at least this large
@@ -102,6 +103,18 @@ def cmd_infer(c: Client, a) -> None:
     print(f"queued {r.queue_us} us, computed {r.compute_us} us", file=sys.stderr)
 
 
+def cmd_plan(c: Client | None, a) -> None:
+    shapes = _input_shapes(a.input_shape)
+    if c is None:
+        info = plan_view.local_plan(a.model, a.max_batch, shapes)
+    else:
+        info = c.plan(a.model, max_batch=a.max_batch, input_shapes=shapes)
+    print(plan_view.report(info, a.top))
+    if a.png:
+        plan_view.draw(info, a.png, os.path.basename(a.model))
+        print(f"\nwrote {a.png}")
+
+
 def cmd_unload(c: Client, a) -> None:
     print(f"unloaded {a.model}: {c.unload(_ref(a.model))} bytes freed")
 
@@ -132,8 +145,8 @@ def cmd_status(c: Client, a) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memserve", description="Talk to a memserve daemon.")
-    p.add_argument("--target", default=os.environ.get("MEMSERVE_TARGET", "127.0.0.1:50051"),
-                   help="daemon address (default: $MEMSERVE_TARGET or %(default)s)")
+    p.add_argument("--target", help="daemon address (default: $MEMSERVE_TARGET or 127.0.0.1:50051; "
+                                    "`plan` runs locally unless --target is given)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_upload(sp):
@@ -150,6 +163,11 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("query-size", help="work and weight memory a model would need")
     model_upload(sp)
     sp.set_defaults(fn=cmd_query_size)
+    sp = sub.add_parser("plan", help="show (and draw) a model's workspace plan")
+    model_upload(sp)
+    sp.add_argument("--png", help="also draw the plan into this PNG file (needs matplotlib)")
+    sp.add_argument("--top", type=int, default=10, help="how many of the largest tensors to list")
+    sp.set_defaults(fn=cmd_plan)
     sp = sub.add_parser("infer", help="run a loaded model")
     sp.add_argument("model", help="model id or name")
     sp.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
@@ -172,7 +190,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     try:
-        with Client(a.target) as c:
+        if a.fn is cmd_plan and not a.target:
+            cmd_plan(None, a)
+            return 0
+        with Client(a.target or os.environ.get("MEMSERVE_TARGET") or "127.0.0.1:50051") as c:
             a.fn(c, a)
     except MemserveError as err:
         print(f"memserve: error: {err}", file=sys.stderr)

@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from . import tensors
+from .plan_view import Placement, PlanInfo
 from .pb.memserve.v1 import memserve_pb2 as pb
 from .pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
@@ -157,6 +158,15 @@ class Client:
         opts = _load_options(None, "private", max_batch, input_shapes)
         r = self._stub.QuerySize(_upload(opts, model, self.chunk_size, None), timeout=self.timeout)
         return SizeInfo(r.sizes.work_size, r.sizes.weight_size, r.sizes.work_lower_bound)
+
+    @_rpc
+    def plan(self, model: ModelSource, *, max_batch: int | None = None,
+             input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> PlanInfo:
+        """QuerySize with the whole workspace plan: each work tensor's offset, size and lifetime."""
+        opts = _load_options(None, "private", max_batch, input_shapes)
+        r = self._stub.QuerySize(_upload(opts, model, self.chunk_size, None), timeout=self.timeout)
+        return PlanInfo(r.sizes.work_size, r.sizes.weight_size, r.sizes.work_lower_bound, r.peak_step, r.steps,
+                        tuple(Placement(t.name, t.offset, t.size, t.first_step, t.last_step) for t in r.placements))
 
     def execute(self, model: Model | int | str, inputs: Mapping[str, np.ndarray], *,
                 timeout: float | None = None) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
 from ..errors import Cancelled, InputMismatch, InvalidArgument, ResourceExhausted
 from ..model import IOSpec, Plan
+from ..model.plan import RUN
 from ..pool import Workspace
 from ..registry import LoadedModel, LoadOptions, ModelRef, Registry
 from .status import handle_errors
@@ -37,8 +38,11 @@ class NativeServicer(pb_grpc.MemserveServicer):
     def QuerySize(self, request_iterator, context):
         options, data = read_upload(request_iterator, context, self.max_model_size)
         plan = self.registry.query_size(data, options)
-        return pb.QuerySizeResponse(sizes=size_info(plan), inputs=tensor_descs(plan.inputs),
-                                    outputs=tensor_descs(plan.outputs))
+        return pb.QuerySizeResponse(
+            sizes=size_info(plan), inputs=tensor_descs(plan.inputs), outputs=tensor_descs(plan.outputs),
+            placements=[pb.Placement(name=p.name, offset=p.offset, size=p.nbytes, first_step=p.first,
+                                     last_step=p.last) for p in plan.placements],
+            peak_step=plan.peak_step, steps=sum(1 for s in plan.steps if s.phase == RUN))
 
     @handle_errors
     def Execute(self, request, context):

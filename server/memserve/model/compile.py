@@ -32,7 +32,7 @@ from ..kernels import Node, OpDef, TensorInfo, evaluate, lookup
 from ..planner import Lifetime, plan_offsets
 from .fuse import fuse
 from .onnx_import import Graph, import_onnx
-from .plan import BIND, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, Plan, Step, TensorSlot, infer_all
+from .plan import BIND, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, Placement, Plan, Step, TensorSlot, infer_all
 
 FOLD = "fold"
 SMALL_CONSTANT = 64  # elements; weights this small keep their value for shape functions
@@ -87,6 +87,7 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
         tensors=b.slots, steps=b.steps, inputs=input_specs, outputs=[], max_batch=max_batch,
         work_size=work.size, work_lower_bound=work.lower_bound, peak_step=work.peak_step,
         weight_size=weight_size, weight_digest=digest, weight_slots=b.weight_roots(), staged_weights=staged,
+        placements=b.placements,
     )
     plan.outputs = _output_specs(plan, outputs)
     return plan
@@ -328,6 +329,8 @@ class _Builder:
         mem = plan_offsets([Lifetime(self.slots[i].info.nbytes, first[i], last[i]) for i in work])
         for i, off in zip(work, mem.offsets):
             self.slots[i].offset = off
+        self.placements = [Placement(self.slots[i].name, self.slots[i].offset, self.slots[i].info.nbytes,
+                                     first[i], last[i]) for i in work]
         return mem
 
     def weight_roots(self) -> list[int]:

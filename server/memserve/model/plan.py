@@ -48,6 +48,17 @@ class IOSpec:
     slot: int
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where and when a work tensor lives: the picture `memserve plan` draws."""
+
+    name: str
+    offset: int
+    nbytes: int
+    first: int  # first and last execution step (RUN steps, counted from 0)
+    last: int
+
+
 @dataclass
 class Plan:
     tensors: list[TensorSlot]
@@ -61,6 +72,7 @@ class Plan:
     weight_size: int
     weight_digest: str
     weight_slots: list[int]  # WEIGHT roots, in layout order
+    placements: list[Placement] = field(default_factory=list)
     staged_weights: dict[int, np.ndarray] | None = None  # host copies until the load uploads them
     _infos: dict[int, list[TensorInfo]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-memserve_client/pb/memserve/v1/memserve.proto\x12\x0bmemserve.v1\"\x15\n\x05Shape\x12\x0c\n\x04\x64ims\x18\x01 \x03(\x03\"\xca\x01\n\x0bLoadOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\r\x12?\n\x0cinput_shapes\x18\x04 \x03(\x0b\x32).memserve.v1.LoadOptions.InputShapesEntry\x1a\x46\n\x10InputShapesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.memserve.v1.Shape:\x02\x38\x01\"S\n\x0bLoadRequest\x12+\n\x07options\x18\x01 \x01(\x0b\x32\x18.memserve.v1.LoadOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x08SizeInfo\x12\x11\n\twork_size\x18\x01 \x01(\x04\x12\x13\n\x0bweight_size\x18\x02 \x01(\x04\x12\x18\n\x10work_lower_bound\x18\x03 \x01(\x04\"O\n\nTensorDesc\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.memserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xdb\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05sizes\x18\x03 \x01(\x0b\x32\x15.memserve.v1.SizeInfo\x12\'\n\x06inputs\x18\x04 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12(\n\x07outputs\x18\x05 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12\x11\n\tworkspace\x18\x06 \x01(\t\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x15\n\rweight_digest\x18\x08 \x01(\t\"c\n\x0cLoadResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.memserve.v1.ModelInfo\x12\x14\n\x0cload_time_us\x18\x02 \x01(\x04\x12\x16\n\x0eweights_shared\x18\x03 \x01(\x08\"\x8c\x01\n\x11QuerySizeResponse\x12$\n\x05sizes\x18\x01 \x01(\x0b\x32\x15.memserve.v1.SizeInfo\x12\'\n\x06inputs\x18\x02 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12(\n\x07outputs\x18\x03 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\"/\n\x08ModelRef\x12\x0c\n\x02id\x18\x01 \x01(\rH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x05\n\x03ref\"Y\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.memserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"[\n\x0e\x45xecuteRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.memserve.v1.ModelRef\x12#\n\x06inputs\x18\x02 \x03(\x0b\x32\x13.memserve.v1.Tensor\"]\n\x0f\x45xecuteResponse\x12$\n\x07outputs\x18\x01 \x03(\x0b\x32\x13.memserve.v1.Tensor\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x12\n\ncompute_us\x18\x03 \x01(\x04\"5\n\rUnloadRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.memserve.v1.ModelRef\"%\n\x0eUnloadResponse\x12\x13\n\x0b\x62ytes_freed\x18\x01 \x01(\x04\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.memserve.v1.ModelInfo\"\x18\n\x16GetDeviceStatusRequest\";\n\tUsedBytes\x12\x0f\n\x07weights\x18\x01 \x01(\x04\x12\x11\n\tworkspace\x18\x02 \x01(\x04\x12\n\n\x02io\x18\x03 \x01(\x04\"z\n\rWorkspaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\tmodel_ids\x18\x03 \x03(\r\x12\x12\n\nexecutions\x18\x04 \x01(\x04\x12\x16\n\x0emax_concurrent\x18\x05 \x01(\r\x12\x0e\n\x06queued\x18\x06 \x01(\r\"T\n\x0fWeightBlockInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08refcount\x18\x03 \x01(\r\x12\x11\n\tmodel_ids\x18\x04 \x03(\r\"\xdf\x01\n\x0c\x44\x65viceStatus\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0c\n\x04used\x18\x04 \x01(\x04\x12,\n\x0cused_by_kind\x18\x05 \x01(\x0b\x32\x16.memserve.v1.UsedBytes\x12.\n\nworkspaces\x18\x06 \x03(\x0b\x32\x1a.memserve.v1.WorkspaceInfo\x12\x33\n\rweight_blocks\x18\x07 \x03(\x0b\x32\x1c.memserve.v1.WeightBlockInfo*\xb0\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT64\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05INT16\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\t\n\x05UINT8\x10\x08\x12\n\n\x06UINT16\x10\t\x12\n\n\x06UINT32\x10\n\x12\n\n\x06UINT64\x10\x0b\x12\x08\n\x04\x42OOL\x10\x0c\x32\xfd\x03\n\x08Memserve\x12=\n\x04Load\x12\x18.memserve.v1.LoadRequest\x1a\x19.memserve.v1.LoadResponse(\x01\x12G\n\tQuerySize\x12\x18.memserve.v1.LoadRequest\x1a\x1e.memserve.v1.QuerySizeResponse(\x01\x12\x44\n\x07\x45xecute\x12\x1b.memserve.v1.ExecuteRequest\x1a\x1c.memserve.v1.ExecuteResponse\x12\x41\n\x06Unload\x12\x1a.memserve.v1.UnloadRequest\x1a\x1b.memserve.v1.UnloadResponse\x12>\n\rDescribeModel\x12\x15.memserve.v1.ModelRef\x1a\x16.memserve.v1.ModelInfo\x12M\n\nListModels\x12\x1e.memserve.v1.ListModelsRequest\x1a\x1f.memserve.v1.ListModelsResponse\x12Q\n\x0fGetDeviceStatus\x12#.memserve.v1.GetDeviceStatusRequest\x1a\x19.memserve.v1.DeviceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-memserve_client/pb/memserve/v1/memserve.proto\x12\x0bmemserve.v1\"\x15\n\x05Shape\x12\x0c\n\x04\x64ims\x18\x01 \x03(\x03\"\xca\x01\n\x0bLoadOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\r\x12?\n\x0cinput_shapes\x18\x04 \x03(\x0b\x32).memserve.v1.LoadOptions.InputShapesEntry\x1a\x46\n\x10InputShapesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.memserve.v1.Shape:\x02\x38\x01\"S\n\x0bLoadRequest\x12+\n\x07options\x18\x01 \x01(\x0b\x32\x18.memserve.v1.LoadOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x08SizeInfo\x12\x11\n\twork_size\x18\x01 \x01(\x04\x12\x13\n\x0bweight_size\x18\x02 \x01(\x04\x12\x18\n\x10work_lower_bound\x18\x03 \x01(\x04\"O\n\nTensorDesc\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.memserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xdb\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05sizes\x18\x03 \x01(\x0b\x32\x15.memserve.v1.SizeInfo\x12\'\n\x06inputs\x18\x04 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12(\n\x07outputs\x18\x05 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12\x11\n\tworkspace\x18\x06 \x01(\t\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x15\n\rweight_digest\x18\x08 \x01(\t\"c\n\x0cLoadResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.memserve.v1.ModelInfo\x12\x14\n\x0cload_time_us\x18\x02 \x01(\x04\x12\x16\n\x0eweights_shared\x18\x03 \x01(\x08\"\xda\x01\n\x11QuerySizeResponse\x12$\n\x05sizes\x18\x01 \x01(\x0b\x32\x15.memserve.v1.SizeInfo\x12\'\n\x06inputs\x18\x02 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12(\n\x07outputs\x18\x03 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12*\n\nplacements\x18\x04 \x03(\x0b\x32\x16.memserve.v1.Placement\x12\x11\n\tpeak_step\x18\x05 \x01(\r\x12\r\n\x05steps\x18\x06 \x01(\r\"^\n\tPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x12\n\nfirst_step\x18\x04 \x01(\r\x12\x11\n\tlast_step\x18\x05 \x01(\r\"/\n\x08ModelRef\x12\x0c\n\x02id\x18\x01 \x01(\rH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x05\n\x03ref\"Y\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.memserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"[\n\x0e\x45xecuteRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.memserve.v1.ModelRef\x12#\n\x06inputs\x18\x02 \x03(\x0b\x32\x13.memserve.v1.Tensor\"]\n\x0f\x45xecuteResponse\x12$\n\x07outputs\x18\x01 \x03(\x0b\x32\x13.memserve.v1.Tensor\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x12\n\ncompute_us\x18\x03 \x01(\x04\"5\n\rUnloadRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.memserve.v1.ModelRef\"%\n\x0eUnloadResponse\x12\x13\n\x0b\x62ytes_freed\x18\x01 \x01(\x04\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.memserve.v1.ModelInfo\"\x18\n\x16GetDeviceStatusRequest\";\n\tUsedBytes\x12\x0f\n\x07weights\x18\x01 \x01(\x04\x12\x11\n\tworkspace\x18\x02 \x01(\x04\x12\n\n\x02io\x18\x03 \x01(\x04\"z\n\rWorkspaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\tmodel_ids\x18\x03 \x03(\r\x12\x12\n\nexecutions\x18\x04 \x01(\x04\x12\x16\n\x0emax_concurrent\x18\x05 \x01(\r\x12\x0e\n\x06queued\x18\x06 \x01(\r\"T\n\x0fWeightBlockInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08refcount\x18\x03 \x01(\r\x12\x11\n\tmodel_ids\x18\x04 \x03(\r\"\xdf\x01\n\x0c\x44\x65viceStatus\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0c\n\x04used\x18\x04 \x01(\x04\x12,\n\x0cused_by_kind\x18\x05 \x01(\x0b\x32\x16.memserve.v1.UsedBytes\x12.\n\nworkspaces\x18\x06 \x03(\x0b\x32\x1a.memserve.v1.WorkspaceInfo\x12\x33\n\rweight_blocks\x18\x07 \x03(\x0b\x32\x1c.memserve.v1.WeightBlockInfo*\xb0\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT64\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05INT16\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\t\n\x05UINT8\x10\x08\x12\n\n\x06UINT16\x10\t\x12\n\n\x06UINT32\x10\n\x12\n\n\x06UINT64\x10\x0b\x12\x08\n\x04\x42OOL\x10\x0c\x32\xfd\x03\n\x08Memserve\x12=\n\x04Load\x12\x18.memserve.v1.LoadRequest\x1a\x19.memserve.v1.LoadResponse(\x01\x12G\n\tQuerySize\x12\x18.memserve.v1.LoadRequest\x1a\x1e.memserve.v1.QuerySizeResponse(\x01\x12\x44\n\x07\x45xecute\x12\x1b.memserve.v1.ExecuteRequest\x1a\x1c.memserve.v1.ExecuteResponse\x12\x41\n\x06Unload\x12\x1a.memserve.v1.UnloadRequest\x1a\x1b.memserve.v1.UnloadResponse\x12>\n\rDescribeModel\x12\x15.memserve.v1.ModelRef\x1a\x16.memserve.v1.ModelInfo\x12M\n\nListModels\x12\x1e.memserve.v1.ListModelsRequest\x1a\x1f.memserve.v1.ListModelsResponse\x12Q\n\x0fGetDeviceStatus\x12#.memserve.v1.GetDeviceStatusRequest\x1a\x19.memserve.v1.DeviceStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOADOPTIONS_INPUTSHAPESENTRY']._loaded_options = None
   _globals['_LOADOPTIONS_INPUTSHAPESENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=2029
-  _globals['_DATATYPE']._serialized_end=2205
+  _globals['_DATATYPE']._serialized_start=2203
+  _globals['_DATATYPE']._serialized_end=2379
   _globals['_SHAPE']._serialized_start=62
   _globals['_SHAPE']._serialized_end=83
   _globals['_LOADOPTIONS']._serialized_start=86
@@ -52,33 +52,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADRESPONSE']._serialized_start=756
   _globals['_LOADRESPONSE']._serialized_end=855
   _globals['_QUERYSIZERESPONSE']._serialized_start=858
-  _globals['_QUERYSIZERESPONSE']._serialized_end=998
-  _globals['_MODELREF']._serialized_start=1000
-  _globals['_MODELREF']._serialized_end=1047
-  _globals['_TENSOR']._serialized_start=1049
-  _globals['_TENSOR']._serialized_end=1138
-  _globals['_EXECUTEREQUEST']._serialized_start=1140
-  _globals['_EXECUTEREQUEST']._serialized_end=1231
-  _globals['_EXECUTERESPONSE']._serialized_start=1233
-  _globals['_EXECUTERESPONSE']._serialized_end=1326
-  _globals['_UNLOADREQUEST']._serialized_start=1328
-  _globals['_UNLOADREQUEST']._serialized_end=1381
-  _globals['_UNLOADRESPONSE']._serialized_start=1383
-  _globals['_UNLOADRESPONSE']._serialized_end=1420
-  _globals['_LISTMODELSREQUEST']._serialized_start=1422
-  _globals['_LISTMODELSREQUEST']._serialized_end=1441
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1443
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1503
-  _globals['_GETDEVICESTATUSREQUEST']._serialized_start=1505
-  _globals['_GETDEVICESTATUSREQUEST']._serialized_end=1529
-  _globals['_USEDBYTES']._serialized_start=1531
-  _globals['_USEDBYTES']._serialized_end=1590
-  _globals['_WORKSPACEINFO']._serialized_start=1592
-  _globals['_WORKSPACEINFO']._serialized_end=1714
-  _globals['_WEIGHTBLOCKINFO']._serialized_start=1716
-  _globals['_WEIGHTBLOCKINFO']._serialized_end=1800
-  _globals['_DEVICESTATUS']._serialized_start=1803
-  _globals['_DEVICESTATUS']._serialized_end=2026
-  _globals['_MEMSERVE']._serialized_start=2208
-  _globals['_MEMSERVE']._serialized_end=2717
+  _globals['_QUERYSIZERESPONSE']._serialized_end=1076
+  _globals['_PLACEMENT']._serialized_start=1078
+  _globals['_PLACEMENT']._serialized_end=1172
+  _globals['_MODELREF']._serialized_start=1174
+  _globals['_MODELREF']._serialized_end=1221
+  _globals['_TENSOR']._serialized_start=1223
+  _globals['_TENSOR']._serialized_end=1312
+  _globals['_EXECUTEREQUEST']._serialized_start=1314
+  _globals['_EXECUTEREQUEST']._serialized_end=1405
+  _globals['_EXECUTERESPONSE']._serialized_start=1407
+  _globals['_EXECUTERESPONSE']._serialized_end=1500
+  _globals['_UNLOADREQUEST']._serialized_start=1502
+  _globals['_UNLOADREQUEST']._serialized_end=1555
+  _globals['_UNLOADRESPONSE']._serialized_start=1557
+  _globals['_UNLOADRESPONSE']._serialized_end=1594
+  _globals['_LISTMODELSREQUEST']._serialized_start=1596
+  _globals['_LISTMODELSREQUEST']._serialized_end=1615
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1617
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1677
+  _globals['_GETDEVICESTATUSREQUEST']._serialized_start=1679
+  _globals['_GETDEVICESTATUSREQUEST']._serialized_end=1703
+  _globals['_USEDBYTES']._serialized_start=1705
+  _globals['_USEDBYTES']._serialized_end=1764
+  _globals['_WORKSPACEINFO']._serialized_start=1766
+  _globals['_WORKSPACEINFO']._serialized_end=1888
+  _globals['_WEIGHTBLOCKINFO']._serialized_start=1890
+  _globals['_WEIGHTBLOCKINFO']._serialized_end=1974
+  _globals['_DEVICESTATUS']._serialized_start=1977
+  _globals['_DEVICESTATUS']._serialized_end=2200
+  _globals['_MEMSERVE']._serialized_start=2382
+  _globals['_MEMSERVE']._serialized_end=2891
 # @@protoc_insertion_point(module_scope)

@@ -120,14 +120,34 @@ class LoadResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., load_time_us: _Optional[int] = ..., weights_shared: _Optional[bool] = ...) -> None: ...
 
 class QuerySizeResponse(_message.Message):
-    __slots__ = ("sizes", "inputs", "outputs")
+    __slots__ = ("sizes", "inputs", "outputs", "placements", "peak_step", "steps")
     SIZES_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     sizes: SizeInfo
     inputs: _containers.RepeatedCompositeFieldContainer[TensorDesc]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorDesc]
-    def __init__(self, sizes: _Optional[_Union[SizeInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ...) -> None: ...
+    placements: _containers.RepeatedCompositeFieldContainer[Placement]
+    peak_step: int
+    steps: int
+    def __init__(self, sizes: _Optional[_Union[SizeInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., peak_step: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+
+class Placement(_message.Message):
+    __slots__ = ("name", "offset", "size", "first_step", "last_step")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_STEP_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    offset: int
+    size: int
+    first_step: int
+    last_step: int
+    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., first_step: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("id", "name")
