@@ -5,7 +5,9 @@
 Per model and thread count: median ms of memserve's engine (in process: the
 registry's execute path minus gRPC) and of an onnxruntime session, their
 ratio, memserve's planned work bytes and its lower bound, and how much the
-process's RSS grew when onnxruntime created its session and ran once.
+process's RSS grew when onnxruntime created its session and ran once. Last,
+the engine's dispatch overhead per executed node: the same steps with every
+kernel replaced by a no-op.
 """
 from __future__ import annotations
 
@@ -38,6 +40,31 @@ def median_ms(fn, repeat: int) -> float:
     return statistics.median(times) * 1000
 
 
+def dispatch_us(reg, m) -> float:
+    """Microseconds per executed node with the kernels taken out: the engine's own overhead."""
+    from memserve.engine import _call
+
+    plan = m.plan
+    batch = 1 if plan.max_batch else 0
+    with reg.context:
+        binding = m.executable.binding(batch, m.workspace.buffer)
+    env = binding.template
+    noop = [_call(lambda i, o: None, s.inputs, s.outputs + s.scratch)
+            for s in plan.steps if s.phase == "run" and not s.op.alias]
+    reps = max(1, 20000 // max(len(noop), 1))
+
+    def run():
+        e = env.copy()
+        for step in noop:
+            step(e)
+
+    run()
+    t = time.perf_counter()
+    for _ in range(reps):
+        run()
+    return (time.perf_counter() - t) / reps / max(len(noop), 1) * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -54,7 +81,7 @@ def main() -> None:
     from zoo import SUITE, build
 
     print(f"{'model':<28} {'thr':>3} {'memserve ms':>11} {'ort ms':>8} {'ratio':>6} "
-          f"{'work B':>11} {'lower bd B':>11} {'ort RSS +B':>11} {'run steps':>9}")
+          f"{'work B':>11} {'lower bd B':>11} {'ort RSS +B':>11} {'kernels':>7} {'us/node':>7}")
     for name in SUITE:
         if a.filter not in name:
             continue
@@ -62,7 +89,8 @@ def main() -> None:
         shapes = {k: v.shape for k, v in feeds.items()}
         reg = Registry(CpuDevice(8 << 30))
         m = reg.load(data, LoadOptions(name="m", input_shapes=shapes))
-        steps = sum(1 for s in m.plan.steps if s.phase == "run")
+        steps = sum(1 for s in m.plan.steps if s.phase == "run" and not s.op.alias)
+        overhead = dispatch_us(reg, m)
         for threads in a.threads:
             with threadpool_limits(threads):
                 ours = median_ms(lambda: reg.execute("m", feeds), a.repeat)
@@ -76,7 +104,8 @@ def main() -> None:
             theirs = median_ms(lambda: sess.run(None, feeds), a.repeat)
             del sess
             print(f"{name:<28} {threads:>3} {ours:>11.3f} {theirs:>8.3f} {ours / theirs:>6.2f} "
-                  f"{m.plan.work_size:>11} {m.plan.work_lower_bound:>11} {grown:>11} {steps:>9}", flush=True)
+                  f"{m.plan.work_size:>11} {m.plan.work_lower_bound:>11} {grown:>11} {steps:>7} {overhead:>7.2f}",
+                  flush=True)
         reg.close()
 
 
