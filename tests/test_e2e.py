@@ -184,3 +184,12 @@ def test_health_and_reflection(daemon):
         reply = next(r.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in reply.list_services_response.service}
         assert {"memserve.v1.Memserve", "grpc.health.v1.Health"} <= names
+
+
+def test_threads_flag_limits_blas_threads(make_daemon):
+    d = make_daemon("--threads", "1", "--device-memory", "64MiB")
+    with d.client() as c:
+        m = c.load(EXAMPLE, name="t")
+        x = np.ones((1, 64), np.float32)
+        np.testing.assert_allclose(c.execute(m, {"x": x})["probs"], ort_run(EXAMPLE.read_bytes(), {"x": x})[0],
+                                   rtol=1e-5)

@@ -36,6 +36,7 @@ class Config:
     max_message_size: int = 64 * 2**20
     max_queue: int = 1024
     workers: int = 64
+    threads: int = 0  # BLAS threads per kernel call; 0 leaves numpy's default (all cores)
     log_level: str = "INFO"
 
 
@@ -55,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
                    help="requests that may wait on one workspace (default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="gRPC handler threads (default %(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="threads each kernel may use (BLAS); 0 keeps the library default of all cores")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
     return p
 

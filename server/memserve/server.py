@@ -26,6 +26,10 @@ class Daemon:
 
     def __init__(self, config: Config):
         self.config = config
+        if config.threads:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(config.threads)
         self.device = make_device(config.device, config.device_memory)
         self.registry = Registry(self.device, config.max_queue)
         self.health = health.HealthServicer()

@@ -170,6 +170,7 @@ register(OpDef("LinearRegressor", _linear_regressor_infer, _build_linear_regress
 # -- tree ensembles -------------------------------------------------------------------
 
 MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5, "LEAF": 6}
+COMPARE = (np.less_equal, np.less, np.greater_equal, np.greater, np.equal, np.not_equal)
 
 
 @dataclass
@@ -183,19 +184,27 @@ class Forest:
     roots: np.ndarray  # global index of each tree's root
     depth: int
     key: dict[tuple[int, int], int]  # (tree id, node id) -> global index
+    single_mode: int | None = None  # the one test all branches use, if they do
+    any_nan_true: bool = False
 
     def leaves(self, x: np.ndarray) -> np.ndarray:
         """(samples, trees) global indices of the leaf each sample reaches in each tree."""
         idx = np.broadcast_to(self.roots, (x.shape[0], len(self.roots))).copy()
         rows = np.arange(x.shape[0])[:, None]
         for _ in range(self.depth):
+            leaf = self.mode[idx] == MODES["LEAF"]
+            if leaf.all():  # every sample reached a leaf in every tree
+                break
             v = x[rows, self.feature[idx]]
             t = self.threshold[idx]
-            m = self.mode[idx]
-            go = np.select([m == 0, m == 1, m == 2, m == 3, m == 4, m == 5],
-                           [v <= t, v < t, v >= t, v > t, v == t, v != t], False)
-            go |= np.isnan(v) & self.nan_true[idx]
-            idx = np.where(m == MODES["LEAF"], idx, np.where(go, self.true_next[idx], self.false_next[idx]))
+            if self.single_mode is not None:  # scikit-learn trees: every test is BRANCH_LEQ
+                go = COMPARE[self.single_mode](v, t)
+            else:
+                m = self.mode[idx]
+                go = np.select([m == k for k in range(6)], [f(v, t) for f in COMPARE], False)
+            if self.any_nan_true:
+                go |= np.isnan(v) & self.nan_true[idx]
+            idx = np.where(leaf, idx, np.where(go, self.true_next[idx], self.false_next[idx]))
         return idx
 
 
@@ -227,6 +236,9 @@ def forest(node: Node) -> Forest:
         if depth > len(ids):
             raise InvalidArgument(f"node {node.name!r} ({node.op_type}): the trees have a cycle")
     f.depth = depth
+    tests = set(np.unique(modes[modes != MODES["LEAF"]]).tolist())
+    f.single_mode = tests.pop() if len(tests) == 1 else None
+    f.any_nan_true = bool(nan_true.any())
     return f
 
 
