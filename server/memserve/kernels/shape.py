@@ -290,13 +290,8 @@ def _slices(node, ins) -> tuple[slice, ...]:
 
 
 def _slice_infer(node, ins):
-    shape = np.empty(ins[0].shape, np.bool_)[_slices(node, ins)].shape if count(ins[0].shape) < 1 << 20 else \
-        _slice_shape(ins[0].shape, _slices(node, ins))
-    return [TensorInfo(ins[0].dtype, tuple(shape))]
-
-
-def _slice_shape(shape, index):
-    return tuple(len(range(*sl.indices(d))) for d, sl in zip(shape, index))
+    index = _slices(node, ins)
+    return [TensorInfo(ins[0].dtype, tuple(len(range(*sl.indices(d))) for d, sl in zip(ins[0].shape, index)))]
 
 
 def _build_slice(node, ins, outs):
