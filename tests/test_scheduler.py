@@ -118,3 +118,41 @@ def test_close_fails_what_waits(lane):
     lane.close()
     with pytest.raises(Unavailable):
         lane.submit(Request(1, blocker(gate, [], "after")))
+
+
+def test_priority_first_then_models_round_robin(lane):
+    gate, log = threading.Event(), []
+    t = submit_async(lane, Request(1, blocker(gate, log, "running")), log)
+    queued = [(1, 5, "m1-p5"), (1, 0, "m1-p0-a"), (1, 0, "m1-p0-b"), (1, 0, "m1-p0-c"),
+              (2, 0, "m2-p0-a"), (2, 0, "m2-p0-b"), (2, 3, "m2-p3")]
+    for model, priority, name in queued:
+        lane.submit(Request(model, blocker(gate, log, name), priority=priority))
+    gate.set()
+    t.join()
+    deadline = time.monotonic() + 5
+    while len(log) < 1 + len(queued) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert [n for n, _, _ in log] == ["running", "m1-p0-a", "m2-p0-a", "m1-p0-b", "m2-p0-b", "m1-p0-c",
+                                      "m2-p3", "m1-p5"]
+
+
+def test_bad_priority_is_refused():
+    from memserve.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="0 \\(highest\\) to 7"):
+        Request(1, lambda r, w: None, priority=8)
+
+
+def test_retire_without_error_lets_the_queue_drain(lane):
+    gate, log = threading.Event(), []
+    t = submit_async(lane, Request(1, blocker(gate, log, "running")), log)
+    queued = Request(1, blocker(gate, log, "queued"))
+    lane.submit(queued)
+    done = threading.Event()
+    r = threading.Thread(target=lambda: (lane.retire_model(1, None), done.set()))
+    r.start()
+    assert not done.wait(0.1)
+    gate.set()
+    t.join()
+    r.join(5)
+    assert done.is_set() and queued.future.result(1) == "queued"

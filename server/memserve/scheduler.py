@@ -2,8 +2,11 @@
 
 Every model runs on the lane of its workspace, so models that share a
 workspace take turns on it, and lanes of different workspaces run in
-parallel. A request that was cancelled, whose deadline passed, or whose model
-is being unloaded is dropped from the queue before it runs (I6, I7).
+parallel. A lane's queue is ordered by priority (0 first, as AscendCL's model
+priority); within a priority the models that share the lane are served
+round-robin, each in arrival order, so no model starves another. A request
+that was cancelled, whose deadline passed, or whose model is being unloaded
+is dropped before it runs (I6, I7).
 """
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .device import Context
-from .errors import DeadlineExceeded, FailedPrecondition, MemserveError, ResourceExhausted, Unavailable
+from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, MemserveError, ResourceExhausted, Unavailable
 from .pool import Workspace
 
 Job = Callable[["Request", Workspace], Any]
+PRIORITIES = 8
 
 
 @dataclass(eq=False)
@@ -26,9 +30,69 @@ class Request:
     model_id: int
     job: Job  # runs on the lane's worker, in the device context, with the workspace held
     deadline: float | None = None  # time.monotonic() seconds
+    priority: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     future: Future = field(default_factory=Future)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.priority < PRIORITIES:
+            raise InvalidArgument(f"priority must be 0 (highest) to {PRIORITIES - 1}, got {self.priority}")
+
+
+class LaneQueue:
+    """Per priority, one FIFO per model, taken round-robin."""
+
+    def __init__(self) -> None:
+        self._levels: list[collections.OrderedDict[int, collections.deque[Request]]] = [
+            collections.OrderedDict() for _ in range(PRIORITIES)]
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def push(self, req: Request) -> None:
+        self._levels[req.priority].setdefault(req.model_id, collections.deque()).append(req)
+        self._len += 1
+
+    def pop(self) -> Request:
+        for level in self._levels:
+            if level:
+                model_id, fifo = next(iter(level.items()))
+                req = fifo.popleft()
+                del level[model_id]
+                if fifo:  # back of the line: the next model at this priority goes first
+                    level[model_id] = fifo
+                self._len -= 1
+                return req
+        raise IndexError("pop from an empty lane queue")
+
+    def remove(self, req: Request) -> bool:
+        fifo = self._levels[req.priority].get(req.model_id)
+        if fifo is None or req not in fifo:
+            return False
+        fifo.remove(req)
+        if not fifo:
+            del self._levels[req.priority][req.model_id]
+        self._len -= 1
+        return True
+
+    def remove_model(self, model_id: int) -> list[Request]:
+        dropped = []
+        for level in self._levels:
+            dropped += level.pop(model_id, ())
+        self._len -= len(dropped)
+        return dropped
+
+    def count(self, model_id: int) -> int:
+        return sum(len(level.get(model_id, ())) for level in self._levels)
+
+    def drain(self) -> list[Request]:
+        dropped = [r for level in self._levels for fifo in level.values() for r in fifo]
+        for level in self._levels:
+            level.clear()
+        self._len = 0
+        return dropped
 
 
 class Lane:
@@ -36,7 +100,7 @@ class Lane:
         self.workspace = workspace
         self.context = context
         self.max_queue = max_queue
-        self._queue: collections.deque[Request] = collections.deque()
+        self._queue = LaneQueue()
         self._cond = threading.Condition()
         self._running: Request | None = None
         self._models: set[int] = set()  # models that may queue here
@@ -63,7 +127,7 @@ class Lane:
                     f"queue of workspace {self.workspace.name} is full ({self.max_queue} requests); retry later"
                 )
             else:
-                self._queue.append(req)
+                self._queue.push(req)
                 self._cond.notify()
         if inline:
             try:
@@ -75,9 +139,7 @@ class Lane:
     def cancel(self, req: Request, error: MemserveError) -> bool:
         """Fail a request that has not started; False if it already runs or ran."""
         with self._cond:
-            try:
-                self._queue.remove(req)
-            except ValueError:
+            if not self._queue.remove(req):
                 return False
         req.future.set_exception(error)
         return True
@@ -86,28 +148,32 @@ class Lane:
         with self._cond:
             self._models.add(model_id)
 
-    def retire_model(self, model_id: int, error: MemserveError) -> None:
-        """Refuse the model's new requests, fail its queued ones, wait for its running one (I7)."""
+    def retire_model(self, model_id: int, error: MemserveError | None) -> None:
+        """Refuse the model's new requests; fail its queued ones (or, with no error,
+        let them run); wait until none of them runs (I7)."""
         with self._cond:
             self._models.discard(model_id)
-            dropped = [r for r in self._queue if r.model_id == model_id]
-            for r in dropped:
-                self._queue.remove(r)
+            dropped = self._queue.remove_model(model_id) if error is not None else []
         for r in dropped:
             r.future.set_exception(error)
         with self._cond:
-            while self._running is not None and self._running.model_id == model_id:
+            while (self._running is not None and self._running.model_id == model_id) or \
+                    self._queue.count(model_id):
                 self._cond.wait()
 
     def depth(self) -> int:
         with self._cond:
             return len(self._queue)
 
+    def busy(self) -> int:
+        """Requests queued or running: how loaded this lane is."""
+        with self._cond:
+            return len(self._queue) + (self._running is not None)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            pending = list(self._queue)
-            self._queue.clear()
+            pending = self._queue.drain()
             self._cond.notify_all()
         for r in pending:
             r.future.set_exception(Unavailable(f"workspace {self.workspace.name} was closed"))
@@ -120,7 +186,7 @@ class Lane:
                 self._cond.wait()
             if self._closed:
                 return None
-            self._running = self._queue.popleft()
+            self._running = self._queue.pop()
             return self._running
 
     def _done(self) -> None:

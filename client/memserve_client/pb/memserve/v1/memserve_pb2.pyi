@@ -43,7 +43,7 @@ class Shape(_message.Message):
     def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LoadOptions(_message.Message):
-    __slots__ = ("name", "workspace", "max_batch", "input_shapes")
+    __slots__ = ("name", "workspace", "max_batch", "input_shapes", "instances", "replace")
     class InputShapesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,11 +55,15 @@ class LoadOptions(_message.Message):
     WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPES_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     workspace: str
     max_batch: int
     input_shapes: _containers.MessageMap[str, Shape]
-    def __init__(self, name: _Optional[str] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ...) -> None: ...
+    instances: int
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ..., instances: _Optional[int] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ("options", "chunk")
@@ -90,7 +94,7 @@ class TensorDesc(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "name", "sizes", "inputs", "outputs", "workspace", "max_batch", "weight_digest")
+    __slots__ = ("id", "name", "sizes", "inputs", "outputs", "workspace", "max_batch", "weight_digest", "workspaces")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZES_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +103,7 @@ class ModelInfo(_message.Message):
     WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACES_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     sizes: SizeInfo
@@ -107,17 +112,20 @@ class ModelInfo(_message.Message):
     workspace: str
     max_batch: int
     weight_digest: str
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., sizes: _Optional[_Union[SizeInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., weight_digest: _Optional[str] = ...) -> None: ...
+    workspaces: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., sizes: _Optional[_Union[SizeInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., weight_digest: _Optional[str] = ..., workspaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadResponse(_message.Message):
-    __slots__ = ("model", "load_time_us", "weights_shared")
+    __slots__ = ("model", "load_time_us", "weights_shared", "note")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LOAD_TIME_US_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHARED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     load_time_us: int
     weights_shared: bool
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., load_time_us: _Optional[int] = ..., weights_shared: _Optional[bool] = ...) -> None: ...
+    note: str
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., load_time_us: _Optional[int] = ..., weights_shared: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
 
 class QuerySizeResponse(_message.Message):
     __slots__ = ("sizes", "inputs", "outputs", "placements", "peak_step", "steps")
@@ -170,12 +178,16 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("model", "inputs")
+    __slots__ = ("model", "inputs", "priority", "timeout_us")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_US_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    priority: int
+    timeout_us: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., timeout_us: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("outputs", "queue_us", "compute_us")
