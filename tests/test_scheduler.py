@@ -121,6 +121,7 @@ def test_close_fails_what_waits(lane):
 
 
 def test_priority_first_then_models_round_robin(lane):
+    lane.max_queue = 16
     gate, log = threading.Event(), []
     t = submit_async(lane, Request(1, blocker(gate, log, "running")), log)
     queued = [(1, 5, "m1-p5"), (1, 0, "m1-p0-a"), (1, 0, "m1-p0-b"), (1, 0, "m1-p0-c"),
