@@ -47,7 +47,7 @@ def dispatch_us(reg, m) -> float:
     plan = m.plan
     batch = 1 if plan.max_batch else 0
     with reg.context:
-        binding = m.executable.binding(batch, m.workspace.buffer)
+        binding = m.executable.binding(batch, m.workspace)
     env = binding.template
     noop = [_call(lambda i, o: None, s.inputs, s.outputs + s.scratch)
             for s in plan.steps if s.phase == "run" and not s.op.alias]

@@ -72,6 +72,8 @@ class Model:
     weight_digest: str = ""
     load_time_us: int = 0
     weights_shared: bool = False
+    workspaces: tuple[str, ...] = ()
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,10 +149,13 @@ class Client:
     @_rpc
     def load(self, model: ModelSource, *, name: str | None = None, workspace: str = "private",
              max_batch: int | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-             progress: Progress | None = None) -> Model:
+             instances: int = 1, replace: bool = False, progress: Progress | None = None) -> Model:
+        """workspace: 'private', 'shared:<group>' or 'auto'; instances: private workspaces sharing
+        one weight copy; replace: take over `name` from the model that has it, without failing requests."""
         opts = _load_options(name, workspace, max_batch, input_shapes)
+        opts.instances, opts.replace = instances, replace
         r = self._stub.Load(_upload(opts, model, self.chunk_size, progress), timeout=self.timeout)
-        return _model(r.model, load_time_us=r.load_time_us, weights_shared=r.weights_shared)
+        return _model(r.model, load_time_us=r.load_time_us, weights_shared=r.weights_shared, note=r.note)
 
     @_rpc
     def query_size(self, model: ModelSource, *, max_batch: int | None = None,
@@ -169,13 +174,15 @@ class Client:
                         tuple(Placement(t.name, t.offset, t.size, t.first_step, t.last_step) for t in r.placements))
 
     def execute(self, model: Model | int | str, inputs: Mapping[str, np.ndarray], *,
-                timeout: float | None = None) -> dict[str, np.ndarray]:
-        return self.execute_with_stats(model, inputs, timeout=timeout).outputs
+                timeout: float | None = None, priority: int = 0) -> dict[str, np.ndarray]:
+        """timeout: seconds, as the gRPC deadline; priority: 0 (highest) to 7."""
+        return self.execute_with_stats(model, inputs, timeout=timeout, priority=priority).outputs
 
     @_rpc
     def execute_with_stats(self, model: Model | int | str, inputs: Mapping[str, np.ndarray], *,
-                           timeout: float | None = None) -> ExecuteResult:
-        req = pb.ExecuteRequest(model=_ref(model), inputs=[tensors.to_proto(k, v) for k, v in inputs.items()])
+                           timeout: float | None = None, priority: int = 0) -> ExecuteResult:
+        req = pb.ExecuteRequest(model=_ref(model), inputs=[tensors.to_proto(k, v) for k, v in inputs.items()],
+                                priority=priority)
         r = self._stub.Execute(req, timeout=timeout if timeout is not None else self.timeout)
         return ExecuteResult({t.name: tensors.from_proto(t) for t in r.outputs}, r.queue_us, r.compute_us)
 
@@ -247,4 +254,5 @@ def _specs(descs) -> tuple[TensorSpec, ...]:
 
 def _model(m: pb.ModelInfo, **extra) -> Model:
     return Model(m.id, m.name, m.sizes.work_size, m.sizes.weight_size, m.sizes.work_lower_bound,
-                 _specs(m.inputs), _specs(m.outputs), m.workspace, m.max_batch, m.weight_digest, **extra)
+                 _specs(m.inputs), _specs(m.outputs), m.workspace, m.max_batch, m.weight_digest,
+                 workspaces=tuple(m.workspaces), **extra)

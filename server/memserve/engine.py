@@ -4,12 +4,13 @@ A `Binding` is the plan made concrete for one batch size on one workspace
 buffer: every weight and work tensor is already a numpy view at its planned
 offset, and every step is a closure over slot indices. Executing a request
 is then: copy the template, drop the inputs and freshly allocated outputs
-into it, call the steps. Bindings are cached per (batch, buffer), so the
-views are built once, not per request.
+into it, call the steps. Bindings are cached on the workspace, per model and
+batch size, and dropped when the workspace's buffer changes: the views are
+built once, not per request, and never outlive the bytes they view.
 """
 from __future__ import annotations
 
-import threading
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +19,7 @@ import numpy as np
 from .device import Buffer
 from .kernels import Kernel
 from .model.plan import INPUT, IO, RUN, VALUE, WEIGHT, WORK, Plan
+from .pool import Workspace
 
 StepFn = Callable[[list], None]
 Alloc = Callable[[int], Buffer]
@@ -33,15 +35,16 @@ class Binding:
 class Executable:
     """A plan bound to its read-only weight block."""
 
+    _keys = itertools.count()
+
     def __init__(self, plan: Plan, weights: np.ndarray):
         self.plan = plan
         self.weights = weights
-        self._bindings: dict[tuple[int, int], Binding] = {}
-        self._lock = threading.Lock()
+        self.key = next(self._keys)
 
-    def run(self, arrays: dict[str, np.ndarray], batch: int, workspace: Buffer, alloc: Alloc
+    def run(self, arrays: dict[str, np.ndarray], batch: int, workspace: Workspace, alloc: Alloc
             ) -> tuple[list[np.ndarray], list[Buffer]]:
-        """Execute one request; returns the outputs and the I/O buffers holding them."""
+        """Execute one request on a workspace its lane holds; returns the outputs and their I/O buffers."""
         b = self.binding(batch, workspace)
         env = b.template.copy()
         for spec in self.plan.inputs:
@@ -60,15 +63,12 @@ class Executable:
             raise
         return [env[spec.slot] for spec in self.plan.outputs], buffers
 
-    def binding(self, batch: int, workspace: Buffer) -> Binding:
-        key = (batch, workspace.id)
-        b = self._bindings.get(key)
+    def binding(self, batch: int, workspace: Workspace) -> Binding:
+        """Called only by the workspace's lane, so the cache needs no lock of its own."""
+        key = (self.key, batch)
+        b = workspace.bindings.get(key)
         if b is None:
-            b = self._bind(batch, workspace.array)
-            with self._lock:
-                # A workspace that was resized leaves stale bindings behind; drop them.
-                self._bindings = {k: v for k, v in self._bindings.items() if k[1] == workspace.id}
-                self._bindings[key] = b
+            b = workspace.bindings[key] = self._bind(batch, workspace.buffer.array)
         return b
 
     def _bind(self, batch: int, work: np.ndarray) -> Binding:

@@ -98,6 +98,7 @@ class Workspace:
         self.members: dict[int, int] = {}
         self.buffer: Buffer | None = None
         self.lock = threading.Lock()  # held by the lane per execution and by resizes
+        self.bindings: dict = {}  # the engine's views into `buffer`, per (model, batch); cleared with it
         self.executions = 0
         self.max_concurrent = 0
         self._active = 0
@@ -129,6 +130,7 @@ class Workspace:
             if old is not None and old.nbytes == size:
                 return 0
             self.buffer = None
+            self.bindings.clear()
             before = old.nbytes if old else 0
             if old is not None:
                 old.free()
@@ -150,26 +152,26 @@ class WorkspacePool:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(mode: str, model_id: int) -> tuple[str, bool]:
+    def key(mode: str, model_id: int, instance: int = 0) -> tuple[str, bool]:
         """Workspace name and sharedness for a load's workspace option."""
         if mode in ("", "private"):
-            return f"private:{model_id}", False
+            return (f"private:{model_id}" + (f".{instance}" if instance else "")), False
         if mode.startswith("shared:") and GROUP_NAME.match(mode[7:]):
             return mode, True
         raise InvalidArgument(
-            f"workspace {mode!r} is not valid: use 'private' or 'shared:<group>' "
+            f"workspace {mode!r} is not valid: use 'private', 'shared:<group>' or 'auto' "
             "(group: letters, digits, '_', '.', '-')"
         )
 
-    def needs(self, mode: str, model_id: int, work_size: int) -> int:
+    def needs(self, mode: str, model_id: int, work_size: int, instance: int = 0) -> int:
         """Bytes a join would add to the device."""
-        name, _ = self.key(mode, model_id)
+        name, _ = self.key(mode, model_id, instance)
         with self._lock:
             ws = self._spaces.get(name)
             return max(0, align_up(work_size) - (ws.size if ws else 0))
 
-    def join(self, model_id: int, mode: str, work_size: int) -> Workspace:
-        name, shared = self.key(mode, model_id)
+    def join(self, model_id: int, mode: str, work_size: int, instance: int = 0) -> Workspace:
+        name, shared = self.key(mode, model_id, instance)
         with self._lock:
             ws = self._spaces.setdefault(name, Workspace(name, shared))
             ws.members[model_id] = work_size
@@ -188,6 +190,14 @@ class WorkspacePool:
             if not ws.members:
                 self._spaces.pop(ws.name, None)
         return ws.resize(self.device, ws.required)
+
+    def cheapest_group(self, work_size: int, budget: int) -> tuple[str, int] | None:
+        """The shared group a `work_size` member would grow least, if it grows it by at most `budget`."""
+        with self._lock:
+            options = [(max(0, align_up(work_size) - ws.size), ws.size, ws.name)
+                       for ws in self._spaces.values() if ws.shared]
+        fitting = sorted(o for o in options if o[0] <= budget)
+        return (fitting[0][2], fitting[0][0]) if fitting else None
 
     def workspaces(self) -> list[Workspace]:
         with self._lock:

@@ -2,7 +2,7 @@
 
 This is the one data plane under every API: servicers translate messages and
 call it. Loads and unloads are serialized by one admin lock (they resize
-shared buffers); executions only take the model's lane.
+shared buffers); executions only take a lane of the model.
 """
 from __future__ import annotations
 
@@ -12,22 +12,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .device import Device
+from .device import Device, align_up
 from .engine import Executable
-from .errors import AlreadyExists, Cancelled, FailedPrecondition, NotFound, ResourceExhausted
+from .errors import AlreadyExists, Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .model import CompileOptions, Plan, compile_model
 from .pool import WeightStore, Workspace, WorkspacePool
 from .scheduler import Lane, Request, Scheduler
 
 ModelRef = int | str
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class LoadOptions:
     name: str = ""
-    workspace: str = "private"
+    workspace: str = "private"  # private, shared:<group> or auto
     max_batch: int = 0
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    instances: int = 1
+    replace: bool = False
 
     def compile_options(self) -> CompileOptions:
         return CompileOptions(self.max_batch, dict(self.input_shapes))
@@ -39,11 +42,16 @@ class LoadedModel:
     name: str
     plan: Plan
     executable: Executable
-    workspace: Workspace
-    lane: Lane
+    workspaces: list[Workspace]  # one per instance
+    lanes: list[Lane]
     options: LoadOptions
     weights_shared: bool
-    load_time_us: int
+    load_time_us: int = 0
+    note: str = ""
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.workspaces[0]
 
 
 @dataclass
@@ -99,65 +107,98 @@ class Registry:
 
     def load(self, data: bytes, options: LoadOptions) -> LoadedModel:
         start = time.perf_counter()
-        self._check_name(options.name)
+        if options.instances < 1:
+            raise InvalidArgument(f"instances must be at least 1, got {options.instances}")
+        if options.instances > 1 and options.workspace not in ("private", "", AUTO):
+            raise InvalidArgument("instances > 1 need private workspaces (workspace='private' or 'auto')")
+        if not options.replace:
+            self._check_name(options.name)
         plan = compile_model(data, options.compile_options())
         with self._admin, self.context:
             model_id = self._next_id
             name = options.name or f"model-{model_id}"
-            self._check_name(name)
-            self._admit(plan, options.workspace, model_id)
-            model = self._allocate(model_id, name, plan, options)
+            old = self._names.get(name)
+            if old is not None and not options.replace:
+                self._check_name(name)
+            mode, note = self._admit(plan, options, model_id)
+            model = self._allocate(model_id, name, plan, options, mode)
+            model.note = note + (f"; replaces model {old}, which finishes its queue and unloads" if old else "")
             model.load_time_us = int((time.perf_counter() - start) * 1e6)
             with self._lock:
                 self._models[model_id] = model
-                self._names[name] = model_id
+                self._names[name] = model_id  # from here on, new requests by name go to this model
             self._next_id += 1
         plan.release_staging()
+        if old is not None:
+            self._unload(old, drain=True)
         return model
 
     def _check_name(self, name: str) -> None:
         with self._lock:
             if name in self._names:
                 raise AlreadyExists(f"a model named {name!r} is loaded (id {self._names[name]}); "
-                                    "unload it first or choose another name")
+                                    "unload it, load with replace=true, or choose another name")
 
-    def _admit(self, plan: Plan, mode: str, model_id: int) -> None:
+    def _admit(self, plan: Plan, options: LoadOptions, model_id: int) -> tuple[str, str]:
+        """The workspace mode to load with, checked to fit free memory before anything is taken."""
         weights = self.weights.needs(plan)
-        work = self.pool.needs(mode, model_id, plan.work_size)
         free = self.device.free_bytes()
-        if weights + work > free:
-            raise ResourceExhausted(
-                f"model needs {weights + work} bytes of device memory (weights {weights}, "
-                f"workspace {work}) but {free} of {self.device.capacity} are free; unload a model, "
-                "share a workspace (workspace='shared:<group>') or start memserved with a larger --device-memory"
-            )
+        mode = "private" if options.workspace == AUTO else options.workspace
+        work = sum(self.pool.needs(mode, model_id, plan.work_size, k) for k in range(options.instances))
+        if weights + work <= free:
+            return mode, ""
+        if options.workspace == AUTO and options.instances == 1:
+            group = self.pool.cheapest_group(plan.work_size, free - weights)
+            if group is not None:
+                return group[0], (f"a private workspace ({align_up(plan.work_size)} bytes) would not fit the "
+                                  f"{free} free bytes; joined {group[0]}, which grew by {group[1]} bytes")
+        raise ResourceExhausted(
+            f"model needs {weights + work} bytes of device memory (weights {weights}, "
+            f"workspace {work}) but {free} of {self.device.capacity} are free; unload a model, "
+            "share a workspace (workspace='shared:<group>' or 'auto') or start memserved with a larger "
+            "--device-memory"
+        )
 
-    def _allocate(self, model_id: int, name: str, plan: Plan, options: LoadOptions) -> LoadedModel:
-        """Take weights and workspace; on any failure give back what was taken (I4)."""
+    def _allocate(self, model_id: int, name: str, plan: Plan, options: LoadOptions, mode: str) -> LoadedModel:
+        """Take weights and workspaces; on any failure give back what was taken (I4)."""
         weights, shared = self.weights.acquire(model_id, plan)
+        joined: list[Workspace] = []
         try:
-            ws = self.pool.join(model_id, options.workspace, plan.work_size)
+            for k in range(options.instances):
+                joined.append(self.pool.join(model_id, mode, plan.work_size, k))
         except BaseException:
+            for ws in joined:
+                self.pool.leave(model_id, ws)
             self.weights.release(model_id, plan.weight_digest)
             raise
-        lane = self.scheduler.lane(ws)
-        lane.admit(model_id)
-        return LoadedModel(model_id, name, plan, Executable(plan, weights), ws, lane, options, shared, 0)
+        lanes = [self.scheduler.lane(ws) for ws in joined]
+        for lane in lanes:
+            lane.admit(model_id)
+        return LoadedModel(model_id, name, plan, Executable(plan, weights), joined, lanes, options, shared)
 
     def unload(self, ref: ModelRef) -> int:
         """Fail queued requests, wait for the running one, free memory (I7); returns bytes freed."""
+        return self._unload(self.get(ref).id, drain=False)
+
+    def _unload(self, model_id: int, drain: bool) -> int:
         with self._admin:
-            model = self.get(ref)
-            model.lane.retire_model(model.id, FailedPrecondition(
-                f"model {model.name!r} (id {model.id}) was unloaded before this request ran"))
+            model = self.get(model_id)
+            error = None if drain else FailedPrecondition(
+                f"model {model.name!r} (id {model.id}) was unloaded before this request ran")
+            for lane in model.lanes:
+                lane.retire_model(model.id, error)
+            freed = 0
             with self.context:
-                freed = self.pool.leave(model.id, model.workspace)
+                for ws in model.workspaces:
+                    freed += self.pool.leave(model.id, ws)
                 freed += self.weights.release(model.id, model.plan.weight_digest)
-            if not model.workspace.members:
-                self.scheduler.retire(model.workspace)
+            for ws in model.workspaces:
+                if not ws.members:
+                    self.scheduler.retire(ws)
             with self._lock:
                 del self._models[model.id]
-                del self._names[model.name]
+                if self._names.get(model.name) == model.id:  # a replacement may own the name now
+                    del self._names[model.name]
             return freed
 
     def close(self) -> None:
@@ -182,21 +223,24 @@ class Registry:
 
     # -- execute ----------------------------------------------------------
 
-    def submit(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None) -> Pending:
-        """Validate inputs and queue them on the model's lane."""
+    def submit(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None,
+               priority: int = 0) -> Pending:
+        """Validate inputs and queue them on the model's least busy lane."""
         model = self.get(ref)
         batch = model.plan.batch_of(arrays)
         model.plan.infos_at(batch)  # a batch the plan cannot hold fails here, not on the lane
-        req = Request(model.id, lambda r, ws: self._run(model, arrays, batch, r, ws), deadline)
-        model.lane.submit(req)
-        return Pending(req, model.lane)
+        req = Request(model.id, lambda r, ws: self._run(model, arrays, batch, r, ws), deadline, priority)
+        lane = model.lanes[0] if len(model.lanes) == 1 else min(model.lanes, key=Lane.busy)
+        lane.submit(req)
+        return Pending(req, lane)
 
-    def execute(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None) -> ExecuteResult:
-        return self.submit(ref, arrays, deadline).result()
+    def execute(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None,
+                priority: int = 0) -> ExecuteResult:
+        return self.submit(ref, arrays, deadline, priority).result()
 
     def _run(self, model: LoadedModel, arrays: dict[str, np.ndarray], batch: int,
              req: Request, ws: Workspace) -> ExecuteResult:
-        outs, buffers = model.executable.run(arrays, batch, ws.buffer, lambda n: self.device.alloc(n, "io"))
+        outs, buffers = model.executable.run(arrays, batch, ws, lambda n: self.device.alloc(n, "io"))
         try:
             tensors = [OutputTensor(spec.name, o.dtype, o.shape, o.tobytes())
                        for spec, o in zip(model.plan.outputs, outs)]
@@ -205,4 +249,3 @@ class Registry:
                 buf.free()
         done = time.perf_counter()
         return ExecuteResult(tensors, int((req.started - req.enqueued) * 1e6), int((done - req.started) * 1e6))
-

@@ -32,7 +32,7 @@ class NativeServicer(pb_grpc.MemserveServicer):
             self.registry.unload(model.id)
             raise Cancelled("client cancelled the load")
         return pb.LoadResponse(model=model_info(model), load_time_us=model.load_time_us,
-                               weights_shared=model.weights_shared)
+                               weights_shared=model.weights_shared, note=model.note)
 
     @handle_errors
     def QuerySize(self, request_iterator, context):
@@ -47,9 +47,8 @@ class NativeServicer(pb_grpc.MemserveServicer):
     @handle_errors
     def Execute(self, request, context):
         arrays = input_arrays(request.inputs)
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        pending = self.registry.submit(model_ref(request.model), arrays, deadline)
+        pending = self.registry.submit(model_ref(request.model), arrays, deadline(context, request.timeout_us),
+                                       request.priority)
         context.add_callback(pending.cancel)
         result = pending.result()
         return pb.ExecuteResponse(
@@ -110,7 +109,17 @@ def read_upload(request_iterator: Iterator[pb.LoadRequest], context: grpc.Servic
 
 def load_options(o: pb.LoadOptions) -> LoadOptions:
     return LoadOptions(name=o.name, workspace=o.workspace or "private", max_batch=o.max_batch,
-                       input_shapes={k: tuple(v.dims) for k, v in o.input_shapes.items()})
+                       input_shapes={k: tuple(v.dims) for k, v in o.input_shapes.items()},
+                       instances=o.instances or 1, replace=o.replace)
+
+
+def deadline(context: grpc.ServicerContext, timeout_us: int) -> float | None:
+    """The earlier of the gRPC deadline and the request's own timeout, as time.monotonic()."""
+    now = time.monotonic()
+    candidates = [now + r for r in (context.time_remaining(),) if r is not None]
+    if timeout_us:
+        candidates.append(now + timeout_us / 1e6)
+    return min(candidates, default=None)
 
 
 def model_ref(ref: pb.ModelRef) -> ModelRef:
@@ -144,7 +153,8 @@ def tensor_descs(specs: list[IOSpec]) -> list[pb.TensorDesc]:
 def model_info(m: LoadedModel) -> pb.ModelInfo:
     return pb.ModelInfo(id=m.id, name=m.name, sizes=size_info(m.plan), inputs=tensor_descs(m.plan.inputs),
                         outputs=tensor_descs(m.plan.outputs), workspace=m.workspace.name,
-                        max_batch=m.plan.max_batch, weight_digest=m.plan.weight_digest)
+                        max_batch=m.plan.max_batch, weight_digest=m.plan.weight_digest,
+                        workspaces=[ws.name for ws in m.workspaces])
 
 
 def workspace_info(ws: Workspace, queued: int) -> pb.WorkspaceInfo:
