@@ -21,10 +21,10 @@ def lane():
 
 
 def blocker(gate: threading.Event, log: list, name: str):
-    def job(req, ws):
+    def job(reqs, ws):
         log.append((name, threading.current_thread().name, current_context()))
         gate.wait(5)
-        return name
+        return [name] * len(reqs)
 
     return job
 
@@ -141,7 +141,7 @@ def test_bad_priority_is_refused():
     from memserve.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="0 \\(highest\\) to 7"):
-        Request(1, lambda r, w: None, priority=8)
+        Request(1, lambda r, w: [None], priority=8)
 
 
 def test_retire_without_error_lets_the_queue_drain(lane):
@@ -157,3 +157,40 @@ def test_retire_without_error_lets_the_queue_drain(lane):
     t.join()
     r.join(5)
     assert done.is_set() and queued.future.result(1) == "queued"
+
+
+def test_batching_merges_same_model_requests_up_to_the_limit(lane):
+    lane.max_queue = 16
+    gate, log, sizes = threading.Event(), [], []
+    t = submit_async(lane, Request(2, blocker(gate, log, "other")), log)
+
+    def job(reqs, ws):
+        sizes.append([r.payload for r in reqs])
+        return [r.payload for r in reqs]
+
+    reqs = [Request(1, job, payload=k, rows=1 + (k == 2), batch_limit=4, batch_delay=0.05) for k in range(5)]
+    for r in reqs:
+        lane.submit(r)
+    lane.submit(Request(2, blocker(gate, log, "other-2")))
+    gate.set()
+    t.join()
+    assert [r.future.result(5) for r in reqs] == [0, 1, 2, 3, 4]
+    assert sizes == [[0, 1, 2], [3, 4]]  # 1 + 1 + 2 rows; then what is left, after the other model's turn
+
+
+def test_batching_waits_for_more_rows_until_the_delay(lane):
+    sizes = []
+
+    def job(reqs, ws):
+        sizes.append(len(reqs))
+        return [None] * len(reqs)
+
+    first = Request(1, job, rows=1, batch_limit=8, batch_delay=0.3, batch_target=3)
+    lane.submit(first)  # a request that may wait is queued, not run inline
+    time.sleep(0.05)
+    later = [Request(1, job, rows=1, batch_limit=8, batch_delay=0.3, batch_target=3) for _ in range(2)]
+    for r in later:
+        lane.submit(r)
+    for r in [first, *later]:
+        r.future.result(5)
+    assert sizes == [3]  # it waited for the late ones, and stopped at the target

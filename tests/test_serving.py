@@ -164,3 +164,44 @@ def test_full_queue_is_refused_at_once(make_daemon):
             cl.close()
         assert "RESOURCE_EXHAUSTED" in codes and codes.count("OK") >= 3
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
+
+
+def conv_features(seed: int = 0) -> bytes:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten: kernels that compute each sample on its own."""
+    from onnx import helper
+
+    from models import F32, graph_model
+
+    w = np.random.default_rng(seed).standard_normal((16, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
+    return graph_model(nodes, [("x", F32, ["N", 3, 16, 16])], [("y", F32, ["N", 16])], {"w": w})
+
+
+def test_dynamic_batching_merges_waiting_requests_and_answers_each_exactly(daemon, client):
+    model = conv_features()
+    plain = client.load(model, name="plain", max_batch=8)
+    batched = client.load(model, name="batched", max_batch=8, batching=True, max_queue_delay_us=200_000,
+                          preferred_batch_sizes=(8,))
+    assert client.describe(batched).workspace != client.describe(plain).workspace
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((1 + k % 2, 3, 16, 16)).astype(np.float32) for k in range(6)]  # 9 rows in all
+    want = [client.execute(plain, {"x": x})["y"] for x in xs]
+    before = {w.name: w.executions for w in client.device_status().workspaces}[batched.workspace]
+
+    def one(k):
+        with daemon.client() as c:
+            return c.execute(batched, {"x": xs[k]})["y"]
+
+    with ThreadPoolExecutor(len(xs)) as pool:
+        got = list(pool.map(one, range(len(xs))))
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.tobytes() == w.tobytes()  # byte for byte the unbatched answer
+    runs = {w.name: w.executions for w in client.device_status().workspaces}[batched.workspace] - before
+    assert runs < len(xs)  # requests were merged
+
+
+def test_dynamic_batching_needs_a_batch_dimension(client):
+    with pytest.raises(MemserveError) as e:
+        client.load(EXAMPLE, name="b", max_batch=1, batching=True)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_batch of 2" in e.value.message

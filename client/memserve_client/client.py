@@ -149,11 +149,17 @@ class Client:
     @_rpc
     def load(self, model: ModelSource, *, name: str | None = None, workspace: str = "private",
              max_batch: int | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-             instances: int = 1, replace: bool = False, progress: Progress | None = None) -> Model:
+             instances: int = 1, replace: bool = False, batching: bool = False, max_queue_delay_us: int = 0,
+             preferred_batch_sizes: tuple[int, ...] = (), progress: Progress | None = None) -> Model:
         """workspace: 'private', 'shared:<group>' or 'auto'; instances: private workspaces sharing
-        one weight copy; replace: take over `name` from the model that has it, without failing requests."""
+        one weight copy; replace: take over `name` from the model that has it, without failing
+        requests; batching: merge queued requests into executions of up to max_batch rows."""
         opts = _load_options(name, workspace, max_batch, input_shapes)
         opts.instances, opts.replace = instances, replace
+        if batching or max_queue_delay_us or preferred_batch_sizes:
+            opts.dynamic_batching.enabled = True
+            opts.dynamic_batching.max_queue_delay_us = max_queue_delay_us
+            opts.dynamic_batching.preferred_batch_sizes.extend(preferred_batch_sizes)
         r = self._stub.Load(_upload(opts, model, self.chunk_size, progress), timeout=self.timeout)
         return _model(r.model, load_time_us=r.load_time_us, weights_shared=r.weights_shared, note=r.note)
 

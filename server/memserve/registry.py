@@ -24,6 +24,14 @@ AUTO = "auto"
 
 
 @dataclass(frozen=True)
+class Batching:
+    """Dynamic batching: merge queued requests of one model into one execution."""
+
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoadOptions:
     name: str = ""
     workspace: str = "private"  # private, shared:<group> or auto
@@ -31,6 +39,7 @@ class LoadOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     instances: int = 1
     replace: bool = False
+    batching: Batching | None = None
 
     def compile_options(self) -> CompileOptions:
         return CompileOptions(self.max_batch, dict(self.input_shapes))
@@ -48,6 +57,7 @@ class LoadedModel:
     weights_shared: bool
     load_time_us: int = 0
     note: str = ""
+    job: object = None  # the lanes' job for this model's requests (set by the registry)
 
     @property
     def workspace(self) -> Workspace:
@@ -114,6 +124,8 @@ class Registry:
         if not options.replace:
             self._check_name(options.name)
         plan = compile_model(data, options.compile_options())
+        if options.batching is not None:
+            _check_batchable(plan, options.batching)
         with self._admin, self.context:
             model_id = self._next_id
             name = options.name or f"model-{model_id}"
@@ -174,7 +186,9 @@ class Registry:
         lanes = [self.scheduler.lane(ws) for ws in joined]
         for lane in lanes:
             lane.admit(model_id)
-        return LoadedModel(model_id, name, plan, Executable(plan, weights), joined, lanes, options, shared)
+        model = LoadedModel(model_id, name, plan, Executable(plan, weights), joined, lanes, options, shared)
+        model.job = lambda reqs, ws: self._run(model, reqs, ws)
+        return model
 
     def unload(self, ref: ModelRef) -> int:
         """Fail queued requests, wait for the running one, free memory (I7); returns bytes freed."""
@@ -229,7 +243,11 @@ class Registry:
         model = self.get(ref)
         batch = model.plan.batch_of(arrays)
         model.plan.infos_at(batch)  # a batch the plan cannot hold fails here, not on the lane
-        req = Request(model.id, lambda r, ws: self._run(model, arrays, batch, r, ws), deadline, priority)
+        req = Request(model.id, model.job, deadline, priority, payload=arrays, rows=batch)
+        if model.options.batching is not None:
+            b = model.options.batching
+            req.batch_limit, req.batch_delay = model.plan.max_batch, b.max_queue_delay_us / 1e6
+            req.batch_target = max(b.preferred_batch_sizes, default=0)
         lane = model.lanes[0] if len(model.lanes) == 1 else min(model.lanes, key=Lane.busy)
         lane.submit(req)
         return Pending(req, lane)
@@ -238,14 +256,38 @@ class Registry:
                 priority: int = 0) -> ExecuteResult:
         return self.submit(ref, arrays, deadline, priority).result()
 
-    def _run(self, model: LoadedModel, arrays: dict[str, np.ndarray], batch: int,
-             req: Request, ws: Workspace) -> ExecuteResult:
-        outs, buffers = model.executable.run(arrays, batch, ws, lambda n: self.device.alloc(n, "io"))
+    def _run(self, model: LoadedModel, reqs: list[Request], ws: Workspace) -> list[ExecuteResult]:
+        """One execution for one request, or for several merged along the batch dimension."""
+        if len(reqs) == 1:
+            arrays, rows = reqs[0].payload, reqs[0].rows
+        else:
+            arrays = {name: np.concatenate([r.payload[name] for r in reqs]) for name in reqs[0].payload}
+            rows = sum(r.rows for r in reqs)
+        outs, buffers = model.executable.run(arrays, rows, ws, lambda n: self.device.alloc(n, "io"))
         try:
-            tensors = [OutputTensor(spec.name, o.dtype, o.shape, o.tobytes())
-                       for spec, o in zip(model.plan.outputs, outs)]
+            results, start = [], 0
+            for r in reqs:
+                rows_of = slice(start, start + r.rows)
+                start += r.rows
+                tensors = [OutputTensor(spec.name, o.dtype, o[rows_of].shape if spec.shape[:1] == (-1,) else o.shape,
+                                        (o[rows_of] if spec.shape[:1] == (-1,) else o).tobytes())
+                           for spec, o in zip(model.plan.outputs, outs)]
+                results.append(tensors)
         finally:
             for buf in buffers:
                 buf.free()
         done = time.perf_counter()
-        return ExecuteResult(tensors, int((req.started - req.enqueued) * 1e6), int((done - req.started) * 1e6))
+        return [ExecuteResult(t, int((r.started - r.enqueued) * 1e6), int((done - r.started) * 1e6))
+                for t, r in zip(results, reqs)]
+
+
+def _check_batchable(plan: Plan, b: Batching) -> None:
+    if plan.max_batch < 2:
+        raise InvalidArgument("dynamic batching needs max_batch of 2 or more (and a model with an open "
+                              "leading dimension)")
+    fixed = [s.name for s in plan.inputs if s.shape[:1] != (-1,)]
+    if fixed:
+        raise InvalidArgument(f"dynamic batching needs every input to have the batch dimension; {fixed} do not")
+    too_big = [n for n in b.preferred_batch_sizes if not 1 <= n <= plan.max_batch]
+    if too_big:
+        raise InvalidArgument(f"preferred batch sizes {too_big} are outside 1..{plan.max_batch} (max_batch)")

@@ -7,6 +7,12 @@ priority); within a priority the models that share the lane are served
 round-robin, each in arrival order, so no model starves another. A request
 that was cancelled, whose deadline passed, or whose model is being unloaded
 is dropped before it runs (I6, I7).
+
+Dynamic batching: a request that allows it (`batch_limit` rows) takes the
+requests of the same model and priority queued behind it, up to the limit,
+and, when it may wait (`batch_delay`), waits until that many rows (or the
+preferred count) arrived or the delay passed. The model's job then runs them
+as one execution.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from .device import Context
 from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, MemserveError, ResourceExhausted, Unavailable
 from .pool import Workspace
 
-Job = Callable[["Request", Workspace], Any]
+Job = Callable[[list["Request"], Workspace], list[Any]]  # one result per request
 PRIORITIES = 8
 
 
@@ -31,6 +37,11 @@ class Request:
     job: Job  # runs on the lane's worker, in the device context, with the workspace held
     deadline: float | None = None  # time.monotonic() seconds
     priority: int = 0
+    payload: Any = None  # what the job reads (the request's inputs)
+    rows: int = 1
+    batch_limit: int = 0  # > 0: may run merged with others of its model, up to this many rows
+    batch_delay: float = 0.0  # seconds it may wait for others to merge with
+    batch_target: int = 0  # stop waiting once this many rows are gathered (0: batch_limit)
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     future: Future = field(default_factory=Future)
@@ -77,6 +88,19 @@ class LaneQueue:
         self._len -= 1
         return True
 
+    def take_more(self, first: Request, rows: int) -> list[Request]:
+        """Queued requests of `first`'s model and priority, in order, while their rows fit."""
+        fifo = self._levels[first.priority].get(first.model_id)
+        taken = []
+        while fifo and fifo[0].rows <= rows:
+            req = fifo.popleft()
+            rows -= req.rows
+            taken.append(req)
+        if fifo is not None and not fifo:
+            del self._levels[first.priority][first.model_id]
+        self._len -= len(taken)
+        return taken
+
     def remove_model(self, model_id: int) -> list[Request]:
         dropped = []
         for level in self._levels:
@@ -119,7 +143,7 @@ class Lane:
                 raise Unavailable(f"workspace {self.workspace.name} is closing; retry")
             if req.model_id not in self._models:
                 raise FailedPrecondition(f"model {req.model_id} is being unloaded")
-            inline = not self._queue and self._running is None
+            inline = not self._queue and self._running is None and req.batch_delay <= 0
             if inline:
                 self._running = req
             elif len(self._queue) >= self.max_queue:
@@ -132,7 +156,7 @@ class Lane:
         if inline:
             try:
                 with self.context:
-                    self._run(req)
+                    self._run([req])
             finally:
                 self._done()
 
@@ -180,14 +204,31 @@ class Lane:
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
-    def _next(self) -> Request | None:
+    def _next(self) -> list[Request] | None:
         with self._cond:
             while (not self._queue or self._running is not None) and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return None
-            self._running = self._queue.pop()
-            return self._running
+            first = self._running = self._queue.pop()
+            batch = [first]
+            if first.batch_limit > first.rows:
+                batch += self._gather(first)
+            return batch
+
+    def _gather(self, first: Request) -> list[Request]:
+        """More requests to merge with `first`, waiting up to its batch delay for them."""
+        room = first.batch_limit - first.rows
+        target = (first.batch_target or first.batch_limit) - first.rows
+        more = self._queue.take_more(first, room)
+        until = first.enqueued + first.batch_delay
+        while sum(r.rows for r in more) < target and not self._closed:
+            left = until - time.perf_counter()
+            if left <= 0:
+                break
+            self._cond.wait(left)
+            more += self._queue.take_more(first, room - sum(r.rows for r in more))
+        return more
 
     def _done(self) -> None:
         with self._cond:
@@ -196,30 +237,40 @@ class Lane:
 
     def _work(self) -> None:
         with self.context:
-            while (req := self._next()) is not None:
+            while (batch := self._next()) is not None:
                 try:
-                    self._run(req)
+                    self._run(batch)
                 finally:
                     self._done()
 
-    def _run(self, req: Request) -> None:
-        if req.future.done():  # cancelled by its caller after we dequeued it
-            return
-        if req.deadline is not None and time.monotonic() > req.deadline:
-            req.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+    def _run(self, batch: list[Request]) -> None:
+        now = time.monotonic()
+        live = []
+        for req in batch:
+            if req.future.done():  # cancelled by its caller after we dequeued it
+                continue
+            if req.deadline is not None and now > req.deadline:
+                req.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+                continue
+            live.append(req)
+        if not live:
             return
         ws = self.workspace
         with ws.lock:
             ws.enter()
-            req.started = time.perf_counter()
+            started = time.perf_counter()
+            for req in live:
+                req.started = started
             try:
-                result = req.job(req, ws)
-            except BaseException as exc:  # the caller gets the error, the lane keeps going
-                req.future.set_exception(exc)
+                results = live[0].job(live, ws)
+            except BaseException as exc:  # the callers get the error, the lane keeps going
+                for req in live:
+                    req.future.set_exception(exc)
                 return
             finally:
                 ws.exit()
-        req.future.set_result(result)
+        for req, result in zip(live, results):
+            req.future.set_result(result)
 
 
 class Scheduler:

@@ -15,7 +15,7 @@ from ..errors import Cancelled, InputMismatch, InvalidArgument, ResourceExhauste
 from ..model import IOSpec, Plan
 from ..model.plan import RUN
 from ..pool import Workspace
-from ..registry import LoadedModel, LoadOptions, ModelRef, Registry
+from ..registry import Batching, LoadedModel, LoadOptions, ModelRef, Registry
 from .status import handle_errors
 
 
@@ -108,9 +108,11 @@ def read_upload(request_iterator: Iterator[pb.LoadRequest], context: grpc.Servic
 
 
 def load_options(o: pb.LoadOptions) -> LoadOptions:
+    b = o.dynamic_batching
     return LoadOptions(name=o.name, workspace=o.workspace or "private", max_batch=o.max_batch,
                        input_shapes={k: tuple(v.dims) for k, v in o.input_shapes.items()},
-                       instances=o.instances or 1, replace=o.replace)
+                       instances=o.instances or 1, replace=o.replace,
+                       batching=Batching(b.max_queue_delay_us, tuple(b.preferred_batch_sizes)) if b.enabled else None)
 
 
 def deadline(context: grpc.ServicerContext, timeout_us: int) -> float | None:
@@ -154,7 +156,13 @@ def model_info(m: LoadedModel) -> pb.ModelInfo:
     return pb.ModelInfo(id=m.id, name=m.name, sizes=size_info(m.plan), inputs=tensor_descs(m.plan.inputs),
                         outputs=tensor_descs(m.plan.outputs), workspace=m.workspace.name,
                         max_batch=m.plan.max_batch, weight_digest=m.plan.weight_digest,
-                        workspaces=[ws.name for ws in m.workspaces])
+                        workspaces=[ws.name for ws in m.workspaces], dynamic_batching=batching_info(m))
+
+
+def batching_info(m: LoadedModel) -> pb.DynamicBatching | None:
+    b = m.options.batching
+    return None if b is None else pb.DynamicBatching(enabled=True, max_queue_delay_us=b.max_queue_delay_us,
+                                                     preferred_batch_sizes=b.preferred_batch_sizes)
 
 
 def workspace_info(ws: Workspace, queued: int) -> pb.WorkspaceInfo:

@@ -43,7 +43,7 @@ class Shape(_message.Message):
     def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LoadOptions(_message.Message):
-    __slots__ = ("name", "workspace", "max_batch", "input_shapes", "instances", "replace")
+    __slots__ = ("name", "workspace", "max_batch", "input_shapes", "instances", "replace", "dynamic_batching")
     class InputShapesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,13 +57,25 @@ class LoadOptions(_message.Message):
     INPUT_SHAPES_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_BATCHING_FIELD_NUMBER: _ClassVar[int]
     name: str
     workspace: str
     max_batch: int
     input_shapes: _containers.MessageMap[str, Shape]
     instances: int
     replace: bool
-    def __init__(self, name: _Optional[str] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ..., instances: _Optional[int] = ..., replace: _Optional[bool] = ...) -> None: ...
+    dynamic_batching: DynamicBatching
+    def __init__(self, name: _Optional[str] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ..., instances: _Optional[int] = ..., replace: _Optional[bool] = ..., dynamic_batching: _Optional[_Union[DynamicBatching, _Mapping]] = ...) -> None: ...
+
+class DynamicBatching(_message.Message):
+    __slots__ = ("enabled", "max_queue_delay_us", "preferred_batch_sizes")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    max_queue_delay_us: int
+    preferred_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, enabled: _Optional[bool] = ..., max_queue_delay_us: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ("options", "chunk")
@@ -94,7 +106,7 @@ class TensorDesc(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "name", "sizes", "inputs", "outputs", "workspace", "max_batch", "weight_digest", "workspaces")
+    __slots__ = ("id", "name", "sizes", "inputs", "outputs", "workspace", "max_batch", "weight_digest", "workspaces", "dynamic_batching")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZES_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +116,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     WORKSPACES_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_BATCHING_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     sizes: SizeInfo
@@ -113,7 +126,8 @@ class ModelInfo(_message.Message):
     max_batch: int
     weight_digest: str
     workspaces: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., sizes: _Optional[_Union[SizeInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., weight_digest: _Optional[str] = ..., workspaces: _Optional[_Iterable[str]] = ...) -> None: ...
+    dynamic_batching: DynamicBatching
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., sizes: _Optional[_Union[SizeInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorDesc, _Mapping]]] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., weight_digest: _Optional[str] = ..., workspaces: _Optional[_Iterable[str]] = ..., dynamic_batching: _Optional[_Union[DynamicBatching, _Mapping]] = ...) -> None: ...
 
 class LoadResponse(_message.Message):
     __slots__ = ("model", "load_time_us", "weights_shared", "note")
