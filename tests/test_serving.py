@@ -205,3 +205,19 @@ def test_dynamic_batching_needs_a_batch_dimension(client):
     with pytest.raises(MemserveError) as e:
         client.load(EXAMPLE, name="b", max_batch=1, batching=True)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_batch of 2" in e.value.message
+
+
+def test_execute_stream_answers_every_request_by_id_errors_included(client):
+    m = client.load(EXAMPLE, name="streamed", max_batch=4, instances=2)
+    rng = np.random.default_rng(5)
+    xs = {f"r{k}": rng.standard_normal((1 + k % 4, 64)).astype(np.float32) for k in range(40)}
+    want = {rid: client.execute(m, {"x": x})["probs"] for rid, x in xs.items()}
+    requests = [(rid, m, {"x": x}) for rid, x in xs.items()]
+    requests.insert(7, ("bad-shape", m, {"x": np.ones((1, 3), np.float32)}))
+    requests.insert(20, ("no-model", "missing", {"x": xs["r0"]}))
+    answers = dict(client.execute_stream(iter(requests)))
+    assert sorted(answers) == sorted(rid for rid, _, _ in requests)
+    assert answers["bad-shape"].code == grpc.StatusCode.INVALID_ARGUMENT and answers["bad-shape"].acl_code == 100017
+    assert answers["no-model"].code == grpc.StatusCode.NOT_FOUND
+    for rid, w in want.items():
+        np.testing.assert_array_equal(answers[rid]["probs"], w)

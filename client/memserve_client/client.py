@@ -5,7 +5,7 @@ import functools
 import io
 import os
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, Mapping, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Union
 
 import grpc
 import numpy as np
@@ -17,6 +17,7 @@ from .plan_view import Placement, PlanInfo
 from .pb.memserve.v1 import memserve_pb2 as pb
 from .pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
+_CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 CHUNK_SIZE = 512 << 10  # well under any sane --max-message-size
 ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 Progress = Callable[[int, int], None]  # (bytes sent, total bytes or 0 when unknown)
@@ -191,6 +192,24 @@ class Client:
                                 priority=priority)
         r = self._stub.Execute(req, timeout=timeout if timeout is not None else self.timeout)
         return ExecuteResult({t.name: tensors.from_proto(t) for t in r.outputs}, r.queue_us, r.compute_us)
+
+    def execute_stream(self, requests: Iterable[tuple[str, Model | int | str, Mapping[str, np.ndarray]]], *,
+                       priority: int = 0) -> Iterator[tuple[str, dict[str, np.ndarray] | MemserveError]]:
+        """Pipeline many executions on one call: yields (id, outputs or error) as they finish."""
+        def messages():
+            for rid, model, inputs in requests:
+                yield pb.ExecuteRequest(id=rid, model=_ref(model), priority=priority,
+                                        inputs=[tensors.to_proto(k, v) for k, v in inputs.items()])
+
+        try:
+            for r in self._stub.ExecuteStream(messages(), timeout=self.timeout):
+                if r.HasField("error"):
+                    yield r.id, MemserveError(grpc.StatusCode(_CODES[r.error.code]), r.error.message,
+                                              r.error.acl_code or None, r.error.reason)
+                else:
+                    yield r.id, {t.name: tensors.from_proto(t) for t in r.outputs}
+        except grpc.RpcError as err:
+            raise MemserveError.from_rpc(err) from None
 
     @_rpc
     def unload(self, model: Model | int | str) -> int:

@@ -139,10 +139,10 @@ class Lane:
         request; it claims the lane exactly as the worker does, so I1 holds.
         """
         with self._cond:
-            if self._closed:
-                raise Unavailable(f"workspace {self.workspace.name} is closing; retry")
             if req.model_id not in self._models:
                 raise FailedPrecondition(f"model {req.model_id} is being unloaded")
+            if self._closed:
+                raise Unavailable(f"workspace {self.workspace.name} is closing; retry")
             inline = not self._queue and self._running is None and req.batch_delay <= 0
             if inline:
                 self._running = req

@@ -1,6 +1,9 @@
 """The memserve.v1 servicer: message <-> registry call, nothing more."""
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 import time
 from typing import Iterator
 
@@ -11,12 +14,14 @@ from memserve_client import tensors
 from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
-from ..errors import Cancelled, InputMismatch, InvalidArgument, ResourceExhausted
+from ..errors import Cancelled, InputMismatch, InternalError, InvalidArgument, MemserveError, ResourceExhausted
 from ..model import IOSpec, Plan
 from ..model.plan import RUN
 from ..pool import Workspace
-from ..registry import Batching, LoadedModel, LoadOptions, ModelRef, Registry
+from ..registry import Batching, ExecuteResult, LoadedModel, LoadOptions, ModelRef, Pending, Registry
 from .status import handle_errors
+
+log = logging.getLogger("memserve.api")
 
 
 class NativeServicer(pb_grpc.MemserveServicer):
@@ -46,15 +51,47 @@ class NativeServicer(pb_grpc.MemserveServicer):
 
     @handle_errors
     def Execute(self, request, context):
-        arrays = input_arrays(request.inputs)
-        pending = self.registry.submit(model_ref(request.model), arrays, deadline(context, request.timeout_us),
-                                       request.priority)
+        pending = self._submit(request, context)
         context.add_callback(pending.cancel)
-        result = pending.result()
-        return pb.ExecuteResponse(
-            outputs=[pb.Tensor(name=o.name, dtype=tensors.dtype_to_pb(o.dtype), shape=o.shape, data=o.data)
-                     for o in result.outputs],
-            queue_us=result.queue_us, compute_us=result.compute_us)
+        return execute_response(request.id, pending.result())
+
+    def ExecuteStream(self, request_iterator, context):
+        """Submit requests as they arrive; answer each as it finishes, errors included."""
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+        submitted: list[Pending] = []
+        context.add_callback(lambda: [p.cancel() for p in list(submitted)])
+
+        def read() -> None:
+            count = 0
+            try:
+                for request in request_iterator:
+                    count += 1
+                    try:
+                        pending = self._submit(request, context)
+                    except MemserveError as err:
+                        answers.put(error_response(request.id, err))
+                        continue
+                    submitted.append(pending)
+                    pending.request.future.add_done_callback(
+                        lambda f, rid=request.id: answers.put(future_response(rid, f)))
+            except grpc.RpcError:
+                pass  # the client went away; what was submitted is cancelled by the callback
+            finally:
+                answers.put(count)  # the reader is done: this many answers are owed
+
+        threading.Thread(target=read, name="execute-stream", daemon=True).start()
+        owed, sent = None, 0
+        while owed is None or sent < owed:
+            item = answers.get()
+            if isinstance(item, int):
+                owed = item
+                continue
+            sent += 1
+            yield item
+
+    def _submit(self, request: pb.ExecuteRequest, context) -> Pending:
+        return self.registry.submit(model_ref(request.model), input_arrays(request.inputs),
+                                    deadline(context, request.timeout_us), request.priority)
 
     @handle_errors
     def Unload(self, request, context):
@@ -80,6 +117,28 @@ class NativeServicer(pb_grpc.MemserveServicer):
             weight_blocks=[pb.WeightBlockInfo(digest=b.digest, size=b.buffer.nbytes, refcount=len(b.users),
                                               model_ids=sorted(b.users)) for b in reg.weights.blocks()],
         )
+
+
+def execute_response(request_id: str, result: ExecuteResult) -> pb.ExecuteResponse:
+    return pb.ExecuteResponse(
+        outputs=[pb.Tensor(name=o.name, dtype=tensors.dtype_to_pb(o.dtype), shape=o.shape, data=o.data)
+                 for o in result.outputs],
+        queue_us=result.queue_us, compute_us=result.compute_us, id=request_id)
+
+
+def error_response(request_id: str, err: MemserveError) -> pb.ExecuteResponse:
+    return pb.ExecuteResponse(id=request_id, error=pb.Error(code=err.code.value[0], message=err.message,
+                                                            acl_code=err.acl_code, reason=err.reason))
+
+
+def future_response(request_id: str, future) -> pb.ExecuteResponse:
+    err = future.exception()
+    if err is None:
+        return execute_response(request_id, future.result())
+    if not isinstance(err, MemserveError):
+        log.error("internal error in ExecuteStream", exc_info=err)
+        err = InternalError(f"internal error: {type(err).__name__}: {err}")
+    return error_response(request_id, err)
 
 
 def read_upload(request_iterator: Iterator[pb.LoadRequest], context: grpc.ServicerContext,

@@ -49,6 +49,11 @@ class MemserveStub:
                 request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.ExecuteStream = channel.stream_stream(
+                '/memserve.v1.Memserve/ExecuteStream',
+                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
+                _registered_method=True)
         self.Unload = channel.unary_unary(
                 '/memserve.v1.Memserve/Unload',
                 request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadRequest.SerializeToString,
@@ -95,6 +100,15 @@ class MemserveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteStream(self, request_iterator, context):
+        """Many requests on one call, pipelined: responses come as executions
+        finish, carry the request's id, and a failed request gets its status in
+        `error` while the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Unload(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -134,6 +148,11 @@ def add_MemserveServicer_to_server(servicer, server):
             ),
             'Execute': grpc.unary_unary_rpc_method_handler(
                     servicer.Execute,
+                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.FromString,
+                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'ExecuteStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecuteStream,
                     request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.FromString,
                     response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.SerializeToString,
             ),
@@ -237,6 +256,33 @@ class Memserve:
             request,
             target,
             '/memserve.v1.Memserve/Execute',
+            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
+            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/memserve.v1.Memserve/ExecuteStream',
             memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
             memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
             options,
