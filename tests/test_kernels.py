@@ -103,3 +103,19 @@ def test_smaller_batches_run_on_views_of_the_max_batch_plan():
         x = rand((n, 8))
         np.testing.assert_allclose(run_local(model, {"x": x}, max_batch=5)[0], ort_run(model, {"x": x})[0],
                                    rtol=1e-5)
+
+
+@pytest.mark.parametrize("attrs", [dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2], pads=[2, 1, 0, 1], dilations=[2, 1]),
+                                   dict(group=4, pads=[1, 1, 1, 1])])
+def test_conv_on_large_images_uses_bounded_tiles(attrs):
+    from memserve.kernels.conv import TILE_BYTES
+    from memserve.model import CompileOptions, compile_model
+
+    w = rand((8, 16 // attrs.get("group", 1), 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], **attrs)]
+    model = graph_model(nodes, [("x", F32, ["N", 16, 150, 130])], [("y", F32, ["N", 8, "h", "w"])], {"w": w})
+    x = rand((2, 16, 150, 130))
+    got = run_local(model, {"x": x}, max_batch=2)[0]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    plan = compile_model(model, CompileOptions(max_batch=2))
+    assert plan.work_size <= TILE_BYTES  # the whole-image im2col buffer would be 11+ MiB

@@ -2,9 +2,12 @@
 
 Conv is im2col + GEMM: for each kernel position, the input pixels it sees
 are copied into a column buffer (planned scratch in the workspace), then one
-batched matmul per group multiplies the weights, which are already in the
-(groups, out/groups, in/groups * kernel) layout the GEMM wants, with it. A
-1x1 convolution with stride 1 and no padding skips the copy. Pooling walks
+matmul per group multiplies the weights, which are already in the (groups,
+out/groups, in/groups * kernel) layout the GEMM wants, with it, writing
+straight into the output. The column buffer covers one tile of at most
+TILE_BYTES (whole samples, or output rows of one sample), so a convolution's
+work memory stays small whatever the image size. A 1x1 convolution with
+stride 1 and no padding skips the copy. Pooling walks
 the kernel positions and folds strided slices of the input into the output.
 """
 from __future__ import annotations
@@ -17,6 +20,9 @@ import numpy as np
 
 from ..errors import InvalidArgument, UnsupportedModel
 from . import Node, OpDef, TensorInfo, register
+
+# The im2col buffer of one tile: whole samples, or rows of one sample, up to this size.
+TILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -96,11 +102,31 @@ def _conv_infer(node, ins):
     return [TensorInfo(x.dtype, (x.shape[0], w.shape[0]) + g.out)]
 
 
+def _tile(x: TensorInfo, g: Geometry) -> tuple[int, int]:
+    """(samples, output rows) per im2col tile: whole samples while they fit TILE_BYTES, else rows of one."""
+    per_row = x.shape[1] * int(np.prod(g.kernel)) * int(np.prod(g.out[1:])) * x.dtype.itemsize
+    per_sample = per_row * g.out[0]
+    if per_sample <= TILE_BYTES:
+        return max(1, min(x.shape[0], TILE_BYTES // max(per_sample, 1))), g.out[0]
+    return 1, max(1, min(g.out[0], TILE_BYTES // max(per_row, 1)))
+
+
 def _conv_scratch(node, ins, outs):
     x, w, groups, g = _conv_parts(node, ins)
     if _pointwise(g):
         return []
-    return [TensorInfo(x.dtype, (x.shape[0], x.shape[1]) + g.kernel + g.out)]
+    samples, rows = _tile(x, g)
+    return [TensorInfo(x.dtype, (samples, x.shape[1]) + g.kernel + (rows,) + g.out[1:])]
+
+
+def _rows(g: Geometry, pos: int, size: int, r0: int, r1: int) -> tuple[slice, slice]:
+    """Like _window on axis 0, for output rows [r0, r1): tile-relative destination, source rows."""
+    dst, src = _window(g, 0, pos, size)
+    lo, hi = max(dst.start, r0), min(dst.stop, r1)
+    if hi <= lo:
+        return slice(0, 0), slice(0, 0)
+    s, off = g.strides[0], pos * g.dilations[0] - g.pads_begin[0]
+    return slice(lo - r0, hi - r0), slice(lo * s + off, (hi - 1) * s + off + 1, s)
 
 
 def _build_conv(node, ins, outs):
@@ -109,29 +135,51 @@ def _build_conv(node, ins, outs):
     m = w.shape[0]
     k = int(np.prod(g.kernel))
     p = int(np.prod(g.out))
-    pointwise = _pointwise(g)
+    row = int(np.prod(g.out[1:]))
     has_bias = len(ins) > 2 and ins[2] is not None
     bshape = (m,) + (1,) * len(g.out)
-    pad = any(g.pads_begin + g.pads_end) or any(
-        _window(g, a, pos, x.shape[2 + a])[0] != slice(0, g.out[a])
-        for a in range(len(g.out)) for pos in range(g.kernel[a]))
-    plan = [(pos, tuple(_window(g, a, q, x.shape[2 + a]) for a, q in enumerate(pos))) for pos in _positions(g.kernel)]
+    if _pointwise(g):
+        def run(i, o):
+            y = o[0]
+            np.matmul(i[1].reshape(groups, m // groups, -1), i[0].reshape(n, groups, c // groups, p),
+                      out=y.reshape(n, groups, m // groups, p))
+            if has_bias:
+                y += i[2].reshape(bshape)
+
+        return run
+
+    samples, rows = _tile(x, g)
+    size0 = x.shape[2]
+    inner = [tuple(_window(g, a, q, x.shape[2 + a]) for a, q in enumerate(pos[1:], start=1))
+             for pos in _positions(g.kernel)]
+    tiles = []  # (first sample, last sample, first row, last row, [(kernel pos, dst, src)])
+    for n0 in range(0, n, samples):
+        for r0 in range(0, g.out[0], rows):
+            r1 = min(r0 + rows, g.out[0])
+            copies, full = [], True
+            for pos, win in zip(_positions(g.kernel), inner):
+                d0, s0 = _rows(g, pos[0], size0, r0, r1)
+                dst = pos + (d0,) + tuple(wd[0] for wd in win)
+                src = (s0,) + tuple(wd[1] for wd in win)
+                full &= d0 == slice(0, r1 - r0) and all(wd[0] == slice(0, o) for wd, o in zip(win, g.out[1:]))
+                copies.append((dst, src))
+            tiles.append((n0, min(n0 + samples, n), r0, r1, copies, not full))
+    wg = (groups, m // groups, (c // groups) * k)
 
     def run(i, o):
-        xv, wv, y = i[0], i[1], o[0]
-        if pointwise:
-            cols = xv.reshape(n, groups, c // groups, p)
-        else:
-            buf = o[1]
+        xv, y, buf = i[0], o[0], o[1]
+        wv = i[1].reshape(wg)
+        yv = y.reshape(n, groups, m // groups, p)
+        for n0, n1, r0, r1, copies, pad in tiles:
+            shape = (n1 - n0, c) + g.kernel + (r1 - r0,) + g.out[1:]
+            cols = buf.reshape(-1)[: int(np.prod(shape))].reshape(shape)  # contiguous, even for a last short tile
             if pad:
-                buf.fill(0)
-            lead = (slice(None), slice(None))
-            for pos, windows in plan:
-                dst = lead + pos + tuple(wd[0] for wd in windows)
-                src = lead + tuple(wd[1] for wd in windows)
-                buf[dst] = xv[src]
-            cols = buf.reshape(n, groups, (c // groups) * k, p)
-        np.matmul(wv.reshape(groups, m // groups, -1), cols, out=y.reshape(n, groups, m // groups, p))
+                cols.fill(0)
+            for dst, src in copies:
+                cols[(slice(None), slice(None)) + dst] = xv[(slice(n0, n1), slice(None)) + src]
+            positions = (r1 - r0) * row
+            np.matmul(wv, cols.reshape(n1 - n0, groups, wg[2], positions),
+                      out=yv[n0:n1, :, :, r0 * row: r0 * row + positions])
         if has_bias:
             y += i[2].reshape(bshape)
 
