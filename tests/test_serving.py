@@ -56,7 +56,7 @@ def test_auto_joins_the_group_it_grows_least_when_private_does_not_fit(make_daem
         big = c.load(models[1], name="big", workspace="shared:big", max_batch=64)
         small = c.load(models[2], name="small", workspace="shared:small", max_batch=8)
         m = c.load(models[3], name="auto", workspace="auto", max_batch=48)
-        # shared:big (batch 64) holds it without growing; shared:small would grow.
+        # Its own buffer does not fit; shared:big (batch 64) holds it without growing, shared:small would grow.
         assert m.workspace == "shared:big" and "joined shared:big, which grew by 0 bytes" in m.note
         x = np.ones((48, 64), np.float32)
         assert c.execute(m, {"x": x})["probs"].shape == (48, 10)
@@ -70,9 +70,21 @@ def test_auto_joins_the_group_it_grows_least_when_private_does_not_fit(make_daem
         assert c.device_status().used == 0
 
 
-def test_private_first_when_it_fits(client):
-    m = client.load(EXAMPLE, name="fits", workspace="auto")
-    assert m.workspace == f"private:{m.id}" and m.note == ""
+def test_auto_models_get_their_own_buffer_then_double_up(make_daemon):
+    from memserve.model import CompileOptions, compile_model
+
+    model = mlp_bytes(sizes=(64, 256, 10), seed=7)
+    plan = compile_model(model, CompileOptions(max_batch=16))
+    d = make_daemon("--device-memory", str(3 * plan.weight_size + 2 * plan.work_size + 1024))
+    with d.client() as c:
+        first = c.load(model, name="a", workspace="auto", max_batch=16)
+        second = c.load(mlp_bytes(sizes=(64, 256, 10), seed=8), name="b", workspace="auto", max_batch=16)
+        assert (first.workspace, second.workspace) == (f"shared:auto.{first.id}", f"shared:auto.{second.id}")
+        assert first.note == second.note == ""
+        third = c.load(mlp_bytes(sizes=(64, 256, 10), seed=9), name="c", workspace="auto", max_batch=16)
+        assert third.workspace in (first.workspace, second.workspace) and "grew by 0 bytes" in third.note
+        x = np.ones((16, 64), np.float32)
+        assert all(c.execute(m, {"x": x})["probs"].shape == (16, 10) for m in (first, second, third))
 
 
 def test_replace_under_load_fails_no_request(daemon, client):

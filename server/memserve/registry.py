@@ -155,7 +155,11 @@ class Registry:
         """The workspace mode to load with, checked to fit free memory before anything is taken."""
         weights = self.weights.needs(plan)
         free = self.device.free_bytes()
-        mode = "private" if options.workspace == AUTO else options.workspace
+        mode = options.workspace
+        if mode == AUTO:
+            # An auto model gets a buffer of its own while memory allows, as a group of one that
+            # later auto models may join when it runs out; with instances, plain private ones.
+            mode = "private" if options.instances > 1 else f"shared:auto.{model_id}"
         work = sum(self.pool.needs(mode, model_id, plan.work_size, k) for k in range(options.instances))
         if weights + work <= free:
             return mode, ""
