@@ -233,3 +233,31 @@ def test_execute_stream_answers_every_request_by_id_errors_included(client):
     assert answers["no-model"].code == grpc.StatusCode.NOT_FOUND
     for rid, w in want.items():
         np.testing.assert_array_equal(answers[rid]["probs"], w)
+
+
+def test_concurrent_admin_calls_on_one_name_get_consistent_answers(daemon, client):
+    def race(fn, n=6):
+        barrier = threading.Barrier(n)
+
+        def one(k):
+            with daemon.client() as c:
+                barrier.wait()
+                try:
+                    return fn(c, k)
+                except MemserveError as e:
+                    return e.code.name
+
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(one, range(n)))
+
+    loads = race(lambda c, k: c.load(mlp_bytes(seed=k), name="contested").id)
+    winners = [r for r in loads if isinstance(r, int)]
+    assert len(winners) == 1 and sorted(set(loads) - set(winners)) == ["ALREADY_EXISTS"]
+    replaced = race(lambda c, k: c.load(mlp_bytes(seed=10 + k), name="contested", replace=True).id)
+    assert all(isinstance(r, int) for r in replaced)
+    (survivor,) = client.list_models()
+    assert survivor.name == "contested" and survivor.id in replaced
+    unloads = race(lambda c, k: c.unload(survivor.id))
+    assert sum(isinstance(r, int) and r > 0 for r in unloads) == 1
+    assert sorted(r for r in unloads if isinstance(r, str)) == ["NOT_FOUND"] * 5
+    assert client.list_models() == [] and client.device_status().used == 0
