@@ -5,7 +5,7 @@ import warnings
 
 from memserve_client.pb.memserve.v1 import memserve_pb2 as memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
