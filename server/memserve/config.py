@@ -37,6 +37,7 @@ class Config:
     max_queue: int = 1024
     workers: int = 64
     threads: int = 0  # BLAS threads per kernel call; 0 leaves numpy's default (all cores)
+    model_repository: str = ""  # Triton-style DIR/<name>/<version>/model.onnx, loaded on request
     log_level: str = "INFO"
 
 
@@ -58,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                    help="gRPC handler threads (default %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="threads each kernel may use (BLAS); 0 keeps the library default of all cores")
+    p.add_argument("--model-repository", default="", metavar="DIR",
+                   help="Triton-style model repository (DIR/<name>/<version>/model.onnx and config.pbtxt) "
+                        "that RepositoryModelLoad loads from by name")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
     return p
 

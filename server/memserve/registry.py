@@ -14,10 +14,12 @@ import numpy as np
 
 from .device import Device, align_up
 from .engine import Executable
-from .errors import AlreadyExists, Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from .errors import (AlreadyExists, Cancelled, FailedPrecondition, InvalidArgument, MemserveError, NotFound,
+                     ResourceExhausted)
 from .model import CompileOptions, Plan, compile_model
 from .pool import WeightStore, Workspace, WorkspacePool
 from .scheduler import Lane, Request, Scheduler
+from .stats import ModelStats
 
 ModelRef = int | str
 AUTO = "auto"
@@ -58,6 +60,7 @@ class LoadedModel:
     load_time_us: int = 0
     note: str = ""
     job: object = None  # the lanes' job for this model's requests (set by the registry)
+    stats: ModelStats = field(default_factory=ModelStats)
 
     @property
     def workspace(self) -> Workspace:
@@ -253,7 +256,13 @@ class Registry:
             req.batch_limit, req.batch_delay = model.plan.max_batch, b.max_queue_delay_us / 1e6
             req.batch_target = max(b.preferred_batch_sizes, default=0)
         lane = model.lanes[0] if len(model.lanes) == 1 else min(model.lanes, key=Lane.busy)
-        lane.submit(req)
+        req.future.add_done_callback(lambda f: model.stats.request_done(
+            req.enqueued, req.started or req.enqueued, f.exception() is None, req.rows))
+        try:
+            lane.submit(req)
+        except MemserveError:  # refused before it queued (queue full, model unloading)
+            model.stats.request_done(req.enqueued, req.enqueued, False, req.rows)
+            raise
         return Pending(req, lane)
 
     def execute(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None,
@@ -281,6 +290,7 @@ class Registry:
             for buf in buffers:
                 buf.free()
         done = time.perf_counter()
+        model.stats.executed(rows, int((done - reqs[0].started) * 1e9))
         return [ExecuteResult(t, int((r.started - r.enqueued) * 1e6), int((done - r.started) * 1e6))
                 for t, r in zip(results, reqs)]
 

@@ -10,15 +10,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from memserve_client.pb.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from memserve_client.pb.memserve.v1 import memserve_pb2, memserve_pb2_grpc
 
+from .api.kserve import KServeServicer
 from .api.native import NativeServicer
 from .config import Config
 from .device import make_device
 from .registry import Registry
+from .repository import ModelRepository
 
 log = logging.getLogger("memserve")
 NATIVE_SERVICE = memserve_pb2.DESCRIPTOR.services_by_name["Memserve"].full_name
+KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 class Daemon:
@@ -40,9 +44,13 @@ class Daemon:
         )
         memserve_pb2_grpc.add_MemserveServicer_to_server(
             NativeServicer(self.registry, config.max_model_size), self.server)
+        repository = ModelRepository(config.model_repository) if config.model_repository else None
+        self.kserve = KServeServicer(self.registry, repository)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [NATIVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [NATIVE_SERVICE, KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
             self.server)
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
@@ -50,10 +58,11 @@ class Daemon:
 
     def start(self) -> None:
         self.server.start()
-        for service in ("", NATIVE_SERVICE):
+        for service in ("", NATIVE_SERVICE, KSERVE_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float = 5.0) -> None:
+        self.kserve.serving = False
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.registry.close()
