@@ -163,3 +163,25 @@ def test_model_repository_loads_by_name(make_daemon, tmp_path):
         assert "has no" in expect("NOT_FOUND", lambda: triton.load_model("missing"))
     finally:
         triton.close()
+
+
+def test_bytes_are_refused_and_timeout_parameter_drops_waiting_requests(daemon, triton, client):
+    upload(triton)
+    strings = InferInput("x", [1, 64], "BYTES")
+    strings.set_data_from_numpy(np.array([[b"a"] * 64], dtype=np.object_))
+    assert "BYTES" in expect("INVALID_ARGUMENT", lambda: triton.infer("mlp", [strings]))
+    from models import chain_model
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow = client.load(chain_model(width=1024, depth=8), name="slow", max_batch=512)
+    big = np.ones((512, 1024), np.float32)
+    with ThreadPoolExecutor(4) as pool:
+        busy = [pool.submit(lambda: daemon.client().execute(slow, {"x": big})) for _ in range(4)]
+        from conftest import wait_for
+
+        assert wait_for(lambda: any(w.queued >= 2 for w in client.device_status().workspaces))
+        inp = InferInput("x", [1, 1024], "FP32")
+        inp.set_data_from_numpy(big[:1])
+        expect("DEADLINE_EXCEEDED", lambda: triton.infer("slow", [inp], timeout=1000, priority=1))
+        for f in busy:
+            f.result()
