@@ -18,6 +18,7 @@ serve: $(STAMP)
 	$(BIN)/memserved --host 127.0.0.1 --port 50051 --device cpu $(ARGS)
 
 test: $(STAMP)
+	tools/ensure_prometheus.sh
 	$(BIN)/python -m pytest $(ARGS)
 
 protos: $(STAMP)

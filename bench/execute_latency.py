@@ -54,7 +54,7 @@ def main() -> None:
 
     x = np.random.default_rng(0).standard_normal((a.batch, 64)).astype(np.float32)
     rows = {}
-    daemon, target = start([sys.executable, "-m", "memserve", "--port", "0", "--device-memory", "256MiB"])
+    daemon, target = start([sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", "--device-memory", "256MiB"])
     echo, echo_target = start([sys.executable, str(ROOT / "bench" / "echo_server.py")])
     try:
         with Client(target) as c:

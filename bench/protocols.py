@@ -67,7 +67,7 @@ def main() -> None:
     from memserve_client.tensors import to_proto
 
     x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-    daemon, target = start([sys.executable, "-m", "memserve", "--port", "0", "--device-memory", "64MiB"])
+    daemon, target = start([sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", "--device-memory", "64MiB"])
     echo, echo_target = start([sys.executable, str(ROOT / "bench" / "echo_server.py")])
     try:
         with Client(target) as c:

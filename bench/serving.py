@@ -34,7 +34,7 @@ def start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 def memserved(*flags: str):
-    return start([sys.executable, "-m", "memserve", "--port", "0", *flags])
+    return start([sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", *flags])
 
 
 def peer():

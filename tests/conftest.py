@@ -17,7 +17,7 @@ class Daemon:
     def __init__(self, *args: str):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memserve", "--port", "0", *args],
+            [sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
         line = self.proc.stdout.readline()
@@ -26,6 +26,7 @@ class Daemon:
             raise RuntimeError(f"memserved did not start: {line}{self.proc.stdout.read()}")
         self.target = line.split("listening on ")[1].split()[0]
         self.port = int(self.target.rsplit(":", 1)[1])
+        self.metrics = line.split("metrics on ")[1].rstrip(")\n") if "metrics on " in line else None
 
     def client(self, **kw) -> Client:
         return Client(self.target, **kw)

@@ -37,7 +37,8 @@ class Config:
     max_queue: int = 1024
     workers: int = 64
     threads: int = 0  # BLAS threads per kernel call; 0 leaves numpy's default (all cores)
-    model_repository: str = ""  # Triton-style DIR/<name>/<version>/model.onnx, loaded on request
+    model_repository: str = ""
+    metrics_port: int = 8000  # -1: no metrics endpoint; 0: a free port  # Triton-style DIR/<name>/<version>/model.onnx, loaded on request
     log_level: str = "INFO"
 
 
@@ -62,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-repository", default="", metavar="DIR",
                    help="Triton-style model repository (DIR/<name>/<version>/model.onnx and config.pbtxt) "
                         "that RepositoryModelLoad loads from by name")
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                   help="Prometheus /metrics HTTP port on --host (default %(default)s; 0 picks a free one, -1 none)")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
     return p
 

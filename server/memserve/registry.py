@@ -19,6 +19,7 @@ from .errors import (AlreadyExists, Cancelled, FailedPrecondition, InvalidArgume
 from .model import CompileOptions, Plan, compile_model
 from .pool import WeightStore, Workspace, WorkspacePool
 from .scheduler import Lane, Request, Scheduler
+from .metrics import Metrics
 from .stats import ModelStats
 
 ModelRef = int | str
@@ -97,8 +98,9 @@ class Pending:
 
 
 class Registry:
-    def __init__(self, device: Device, max_queue: int = 1024):
+    def __init__(self, device: Device, max_queue: int = 1024, metrics: Metrics | None = None):
         self.device = device
+        self.metrics = metrics
         self.context = device.context
         self.weights = WeightStore(device)
         self.pool = WorkspacePool(device)
@@ -120,6 +122,17 @@ class Registry:
 
     def load(self, data: bytes, options: LoadOptions) -> LoadedModel:
         start = time.perf_counter()
+        try:
+            model = self._load(data, options, start)
+        except MemserveError as err:
+            if self.metrics:
+                self.metrics.load_failures.labels(err.reason).inc()
+            raise
+        if self.metrics:
+            self.metrics.load_seconds.observe(time.perf_counter() - start)
+        return model
+
+    def _load(self, data: bytes, options: LoadOptions, start: float) -> LoadedModel:
         if options.instances < 1:
             raise InvalidArgument(f"instances must be at least 1, got {options.instances}")
         if options.instances > 1 and options.workspace not in ("private", "", AUTO):
@@ -256,14 +269,18 @@ class Registry:
             req.batch_limit, req.batch_delay = model.plan.max_batch, b.max_queue_delay_us / 1e6
             req.batch_target = max(b.preferred_batch_sizes, default=0)
         lane = model.lanes[0] if len(model.lanes) == 1 else min(model.lanes, key=Lane.busy)
-        req.future.add_done_callback(lambda f: model.stats.request_done(
-            req.enqueued, req.started or req.enqueued, f.exception() is None, req.rows))
+        req.future.add_done_callback(lambda f: self._finished(model, req, f.exception() is None))
         try:
             lane.submit(req)
         except MemserveError:  # refused before it queued (queue full, model unloading)
             model.stats.request_done(req.enqueued, req.enqueued, False, req.rows)
             raise
         return Pending(req, lane)
+
+    def _finished(self, model: LoadedModel, req: Request, ok: bool) -> None:
+        model.stats.request_done(req.enqueued, req.started or req.enqueued, ok, req.rows)
+        if self.metrics and ok:
+            self.metrics.queue_seconds.labels(model.name).observe(req.started - req.enqueued)
 
     def execute(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None,
                 priority: int = 0) -> ExecuteResult:
@@ -291,6 +308,9 @@ class Registry:
                 buf.free()
         done = time.perf_counter()
         model.stats.executed(rows, int((done - reqs[0].started) * 1e9))
+        if self.metrics:
+            self.metrics.compute_seconds.labels(model.name).observe(done - reqs[0].started)
+            self.metrics.batch_rows.labels(model.name).observe(rows)
         return [ExecuteResult(t, int((r.started - r.enqueued) * 1e6), int((done - r.started) * 1e6))
                 for t, r in zip(results, reqs)]
 

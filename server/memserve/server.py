@@ -17,6 +17,7 @@ from .api.kserve import KServeServicer
 from .api.native import NativeServicer
 from .config import Config
 from .device import make_device
+from .metrics import Metrics
 from .registry import Registry
 from .repository import ModelRepository
 
@@ -35,7 +36,9 @@ class Daemon:
 
             threadpool_limits(config.threads)
         self.device = make_device(config.device, config.device_memory)
-        self.registry = Registry(self.device, config.max_queue)
+        self.metrics = Metrics()
+        self.registry = Registry(self.device, config.max_queue, self.metrics)
+        self.metrics.watch(self.registry)
         self.health = health.HealthServicer()
         limit = config.max_message_size
         self.server = grpc.server(
@@ -57,6 +60,8 @@ class Daemon:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
 
     def start(self) -> None:
+        self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port) \
+            if self.config.metrics_port >= 0 else None
         self.server.start()
         for service in ("", NATIVE_SERVICE, KSERVE_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -71,8 +76,9 @@ class Daemon:
 def run(config: Config) -> int:
     daemon = Daemon(config)
     daemon.start()
+    metrics = f", metrics on {config.host}:{daemon.metrics_port}" if daemon.metrics_port else ""
     print(f"memserved listening on {config.host}:{daemon.port} "
-          f"(device {daemon.device.name}, {daemon.device.capacity} bytes)", flush=True)
+          f"(device {daemon.device.name}, {daemon.device.capacity} bytes{metrics})", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -11,6 +11,7 @@ import json
 import logging
 import queue
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -24,7 +25,7 @@ from .. import __version__
 from ..errors import InputMismatch, InvalidArgument, MemserveError, NotFound, UnsupportedModel
 from ..registry import Batching, LoadedModel, LoadOptions, Registry
 from .native import deadline
-from .status import handle_errors
+from .status import counted, handle_errors
 
 log = logging.getLogger("memserve.api")
 VERSION = "1"
@@ -47,6 +48,7 @@ def datatype(dtype: np.dtype) -> str:
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, registry: Registry, repository=None):
         self.registry = registry
+        self.metrics = registry.metrics
         self.repository = repository
         self.serving = True
 
@@ -89,6 +91,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ---------------------------------------------------------------------
 
+    @counted("kserve", lambda self, r: r.model_name)
     @handle_errors
     def ModelInfer(self, request, context):
         model, arrays, wanted, raw = self._decode(request)
@@ -99,26 +102,29 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelStreamInfer(self, request_iterator, context):
         answers: queue.SimpleQueue = queue.SimpleQueue()
 
-        def fail(err: Exception) -> pb.ModelStreamInferResponse:
+        def fail(err: Exception, request, start) -> pb.ModelStreamInferResponse:
             message = err.message if isinstance(err, MemserveError) else f"internal error: {err}"
-            return pb.ModelStreamInferResponse(error_message=message)
+            status = err.code.name if isinstance(err, MemserveError) else "INTERNAL"
+            return self._counted(request, pb.ModelStreamInferResponse(error_message=message), status, start)
 
         def read() -> None:
             count = 0
             try:
                 for request in request_iterator:
                     count += 1
+                    start = time.perf_counter()
                     try:
                         model, arrays, wanted, raw = self._decode(request)
                         pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)),
                                                        _priority(request))
                     except MemserveError as err:
-                        answers.put(fail(err))
+                        answers.put(fail(err, request, start))
                         continue
                     pending.request.future.add_done_callback(
-                        lambda f, r=request, m=model, w=wanted, raw=raw: answers.put(
-                            fail(f.exception()) if f.exception() else
-                            pb.ModelStreamInferResponse(infer_response=infer_response(r, m, f.result(), w, raw))))
+                        lambda f, r=request, m=model, w=wanted, raw=raw, t=start: answers.put(
+                            fail(f.exception(), r, t) if f.exception() else self._counted(
+                                r, pb.ModelStreamInferResponse(infer_response=infer_response(r, m, f.result(), w, raw)),
+                                "OK", t)))
             except grpc.RpcError:
                 pass
             finally:
@@ -133,6 +139,11 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 continue
             sent += 1
             yield item
+
+    def _counted(self, request, response, status: str, start: float):
+        if self.metrics is not None:
+            self.metrics.request(request.model_name, "kserve-stream", status, time.perf_counter() - start)
+        return response
 
     def _decode(self, request: pb.ModelInferRequest):
         model = self._model(request.model_name, request.model_version)

@@ -19,7 +19,9 @@ from ..model import IOSpec, Plan
 from ..model.plan import RUN
 from ..pool import Workspace
 from ..registry import Batching, ExecuteResult, LoadedModel, LoadOptions, ModelRef, Pending, Registry
-from .status import handle_errors
+from .status import counted, handle_errors
+
+_CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 
 log = logging.getLogger("memserve.api")
 
@@ -28,6 +30,7 @@ class NativeServicer(pb_grpc.MemserveServicer):
     def __init__(self, registry: Registry, max_model_size: int):
         self.registry = registry
         self.max_model_size = max_model_size
+        self.metrics = registry.metrics
 
     @handle_errors
     def Load(self, request_iterator, context):
@@ -49,6 +52,16 @@ class NativeServicer(pb_grpc.MemserveServicer):
                                      last_step=p.last) for p in plan.placements],
             peak_step=plan.peak_step, steps=sum(1 for s in plan.steps if s.phase == RUN))
 
+    def _model_label(self, request) -> str:
+        """Metrics name models by name, whichever way the request referred to them."""
+        if request.model.name or not request.model.id:
+            return request.model.name
+        try:
+            return self.registry.get(request.model.id).name
+        except MemserveError:
+            return str(request.model.id)
+
+    @counted("native", _model_label)
     @handle_errors
     def Execute(self, request, context):
         pending = self._submit(request, context)
@@ -66,14 +79,15 @@ class NativeServicer(pb_grpc.MemserveServicer):
             try:
                 for request in request_iterator:
                     count += 1
+                    start = time.perf_counter()
                     try:
                         pending = self._submit(request, context)
                     except MemserveError as err:
-                        answers.put(error_response(request.id, err))
+                        answers.put(self._counted(request, error_response(request.id, err), start))
                         continue
                     submitted.append(pending)
                     pending.request.future.add_done_callback(
-                        lambda f, rid=request.id: answers.put(future_response(rid, f)))
+                        lambda f, r=request, t=start: answers.put(self._counted(r, future_response(r.id, f), t)))
             except grpc.RpcError:
                 pass  # the client went away; what was submitted is cancelled by the callback
             finally:
@@ -88,6 +102,12 @@ class NativeServicer(pb_grpc.MemserveServicer):
                 continue
             sent += 1
             yield item
+
+    def _counted(self, request: pb.ExecuteRequest, response: pb.ExecuteResponse, start: float) -> pb.ExecuteResponse:
+        if self.metrics is not None:
+            status = grpc.StatusCode(_CODES[response.error.code]).name if response.HasField("error") else "OK"
+            self.metrics.request(self._model_label(request), "native-stream", status, time.perf_counter() - start)
+        return response
 
     def _submit(self, request: pb.ExecuteRequest, context) -> Pending:
         return self.registry.submit(model_ref(request.model), input_arrays(request.inputs),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import grpc
 from google.protobuf import any_pb2
@@ -44,3 +45,26 @@ def handle_errors(method):
             abort(context, InternalError(f"internal error in {method.__name__}: {type(exc).__name__}: {exc}"))
 
     return wrapper
+
+
+def counted(api: str, model_of):
+    """Count a unary request in the metrics: model label (model_of(servicer, request)), API, status, duration."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, request, context):
+            start = time.perf_counter()
+            status = "OK"
+            try:
+                return method(self, request, context)
+            except BaseException:
+                code = context.code()
+                status = code.name if code is not None else "UNKNOWN"
+                raise
+            finally:
+                if self.metrics is not None:
+                    self.metrics.request(model_of(self, request), api, status, time.perf_counter() - start)
+
+        return wrapper
+
+    return decorate
