@@ -38,7 +38,8 @@ class Config:
     workers: int = 64
     threads: int = 0  # BLAS threads per kernel call; 0 leaves numpy's default (all cores)
     model_repository: str = ""
-    metrics_port: int = 8000  # -1: no metrics endpoint; 0: a free port  # Triton-style DIR/<name>/<version>/model.onnx, loaded on request
+    metrics_port: int = 8000  # -1: no metrics endpoint; 0: a free port
+    shutdown_grace: float = 30.0  # Triton-style DIR/<name>/<version>/model.onnx, loaded on request
     log_level: str = "INFO"
 
 
@@ -65,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
                         "that RepositoryModelLoad loads from by name")
     p.add_argument("--metrics-port", type=int, default=d.metrics_port,
                    help="Prometheus /metrics HTTP port on --host (default %(default)s; 0 picks a free one, -1 none)")
+    p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace,
+                   help="seconds SIGTERM waits for running and queued requests (default %(default)s)")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
     return p
 

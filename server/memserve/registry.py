@@ -15,7 +15,7 @@ import numpy as np
 from .device import Device, align_up
 from .engine import Executable
 from .errors import (AlreadyExists, Cancelled, FailedPrecondition, InvalidArgument, MemserveError, NotFound,
-                     ResourceExhausted)
+                     ResourceExhausted, Unavailable)
 from .model import CompileOptions, Plan, compile_model
 from .pool import WeightStore, Workspace, WorkspacePool
 from .scheduler import Lane, Request, Scheduler
@@ -110,6 +110,7 @@ class Registry:
         self._next_id = 1
         self._admin = threading.Lock()
         self._lock = threading.Lock()  # guards the two maps for readers
+        self.draining = False  # shutting down: no new loads or requests
 
     # -- admin ------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class Registry:
 
     def load(self, data: bytes, options: LoadOptions) -> LoadedModel:
         start = time.perf_counter()
+        self._check_serving()
         try:
             model = self._load(data, options, start)
         except MemserveError as err:
@@ -160,6 +162,10 @@ class Registry:
         if old is not None:
             self._unload(old, drain=True)
         return model
+
+    def _check_serving(self) -> None:
+        if self.draining:
+            raise Unavailable("memserved is shutting down; retry on another replica")
 
     def _check_name(self, name: str) -> None:
         with self._lock:
@@ -260,6 +266,7 @@ class Registry:
     def submit(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None,
                priority: int = 0) -> Pending:
         """Validate inputs and queue them on the model's least busy lane."""
+        self._check_serving()
         model = self.get(ref)
         batch = model.plan.batch_of(arrays)
         model.plan.infos_at(batch)  # a batch the plan cannot hold fails here, not on the lane

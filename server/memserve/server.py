@@ -66,9 +66,12 @@ class Daemon:
         for service in ("", NATIVE_SERVICE, KSERVE_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float) -> None:
+        """Graceful: health says NOT_SERVING, new calls get UNAVAILABLE, running and queued work
+        finishes (up to `grace` seconds), then every model is unloaded."""
         self.kserve.serving = False
         self.health.enter_graceful_shutdown()
+        self.registry.draining = True
         self.server.stop(grace).wait()
         self.registry.close()
 
@@ -83,7 +86,8 @@ def run(config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    log.info("shutting down")
-    daemon.stop()
+    log.info("shutting down: finishing running and queued work for up to %s s", config.shutdown_grace)
+    daemon.stop(config.shutdown_grace)
+    log.info("stopped")
     return 0
 
