@@ -147,6 +147,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memserve", description="Talk to a memserve daemon.")
     p.add_argument("--target", help="daemon address (default: $MEMSERVE_TARGET or 127.0.0.1:50051; "
                                     "`plan` runs locally unless --target is given)")
+    p.add_argument("--token-file", help="file with the daemon's admin token (default: $MEMSERVE_TOKEN)")
+    p.add_argument("--tls-ca", help="PEM roots to verify a TLS daemon (use --tls for the system's)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_upload(sp):
@@ -187,13 +192,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _security(a) -> dict:
+    def read(path):
+        with open(path, "rb") as fh:
+            return fh.read()
+
+    token = read(a.token_file).decode().strip() if a.token_file else os.environ.get("MEMSERVE_TOKEN")
+    return dict(token=token or None, tls=a.tls, tls_ca=read(a.tls_ca) if a.tls_ca else None,
+                tls_cert=read(a.tls_cert) if a.tls_cert else None, tls_key=read(a.tls_key) if a.tls_key else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     try:
         if a.fn is cmd_plan and not a.target:
             cmd_plan(None, a)
             return 0
-        with Client(a.target or os.environ.get("MEMSERVE_TARGET") or "127.0.0.1:50051") as c:
+        with Client(a.target or os.environ.get("MEMSERVE_TARGET") or "127.0.0.1:50051", **_security(a)) as c:
             a.fn(c, a)
     except MemserveError as err:
         print(f"memserve: error: {err}", file=sys.stderr)

@@ -113,6 +113,29 @@ class ExecuteResult:
     compute_us: int
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor,
+              grpc.UnaryStreamClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, d):
+        return d._replace(metadata=list(d.metadata or []) + [self._header])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
 def _rpc(method):
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
@@ -129,13 +152,21 @@ class Client:
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = None,
                  max_message_size: int = 64 << 20, chunk_size: int = CHUNK_SIZE,
-                 channel: grpc.Channel | None = None):
+                 channel: grpc.Channel | None = None, token: str | None = None,
+                 tls_ca: bytes | None = None, tls_cert: bytes | None = None, tls_key: bytes | None = None,
+                 tls: bool = False):
+        """token: the daemon's admin token; tls / tls_ca: a TLS channel (tls_ca: PEM roots,
+        default the system's); tls_cert/tls_key: this client's certificate for mutual TLS."""
         self.timeout = timeout
         self.chunk_size = chunk_size
-        self._channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", max_message_size),
-            ("grpc.max_send_message_length", max_message_size),
-        ])
+        options = [("grpc.max_receive_message_length", max_message_size),
+                   ("grpc.max_send_message_length", max_message_size)]
+        if channel is None and (tls or tls_ca or tls_cert):
+            creds = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
+            channel = grpc.secure_channel(target, creds, options=options)
+        self._channel = channel or grpc.insecure_channel(target, options=options)
+        if token:
+            self._channel = grpc.intercept_channel(self._channel, _Bearer(token))
         self._stub = pb_grpc.MemserveStub(self._channel)
 
     def __enter__(self) -> Client:

@@ -39,7 +39,12 @@ class Config:
     threads: int = 0  # BLAS threads per kernel call; 0 leaves numpy's default (all cores)
     model_repository: str = ""
     metrics_port: int = 8000  # -1: no metrics endpoint; 0: a free port
-    shutdown_grace: float = 30.0  # Triton-style DIR/<name>/<version>/model.onnx, loaded on request
+    shutdown_grace: float = 30.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # set: clients must present a certificate signed by it (mutual TLS)
+    admin_token_file: str = ""
+    require_token_for_execute: bool = False  # Triton-style DIR/<name>/<version>/model.onnx, loaded on request
     log_level: str = "INFO"
 
 
@@ -68,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics HTTP port on --host (default %(default)s; 0 picks a free one, -1 none)")
     p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace,
                    help="seconds SIGTERM waits for running and queued requests (default %(default)s)")
+    p.add_argument("--tls-cert", default="", help="PEM certificate chain: serve TLS only")
+    p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default="", help="PEM CA bundle: require client certificates (mutual TLS)")
+    p.add_argument("--admin-token-file", default="",
+                   help="file holding the bearer token that Load, Unload, QuerySize and the repository RPCs require")
+    p.add_argument("--require-token-for-execute", action="store_true",
+                   help="require the admin token for executions too")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
     return p
 

@@ -13,10 +13,12 @@ from grpc_reflection.v1alpha import reflection
 from memserve_client.pb.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from memserve_client.pb.memserve.v1 import memserve_pb2, memserve_pb2_grpc
 
+from .api.auth import TokenInterceptor, read_token
 from .api.kserve import KServeServicer
 from .api.native import NativeServicer
 from .config import Config
 from .device import make_device
+from .errors import InvalidArgument
 from .metrics import Metrics
 from .registry import Registry
 from .repository import ModelRepository
@@ -41,9 +43,13 @@ class Daemon:
         self.metrics.watch(self.registry)
         self.health = health.HealthServicer()
         limit = config.max_message_size
+        interceptors = []
+        if config.admin_token_file:
+            interceptors.append(TokenInterceptor(read_token(config.admin_token_file), config.require_token_for_execute))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            interceptors=interceptors,
         )
         memserve_pb2_grpc.add_MemserveServicer_to_server(
             NativeServicer(self.registry, config.max_model_size), self.server)
@@ -55,7 +61,10 @@ class Daemon:
             [NATIVE_SERVICE, KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME],
             self.server)
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        credentials = tls_credentials(config)
+        self.port = self.server.add_secure_port(address, credentials) if credentials else \
+            self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
 
@@ -74,6 +83,21 @@ class Daemon:
         self.registry.draining = True
         self.server.stop(grace).wait()
         self.registry.close()
+
+
+def tls_credentials(config: Config) -> grpc.ServerCredentials | None:
+    if not (config.tls_cert or config.tls_key):
+        if config.tls_client_ca:
+            raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
+    try:
+        key, cert = (open(p, "rb").read() for p in (config.tls_key, config.tls_cert))
+        ca = open(config.tls_client_ca, "rb").read() if config.tls_client_ca else None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read a TLS file: {exc}") from None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
 def run(config: Config) -> int:
