@@ -1,17 +1,16 @@
 """`memserved`: start the daemon."""
 from __future__ import annotations
 
-import logging
 import sys
 
+from . import logs
 from .config import from_args
 from .server import run
 
 
 def main(argv: list[str] | None = None) -> int:
     config = from_args(argv)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(config.log_level, config.log_format)
     return run(config)
 
 

@@ -1,9 +1,16 @@
-"""Daemon configuration: one dataclass, filled from command-line flags."""
+"""Daemon configuration: one dataclass, filled from flags, MEMSERVE_* variables and a file.
+
+Precedence, highest first: command-line flags, environment variables
+(MEMSERVE_<FLAG>, e.g. MEMSERVE_DEVICE_MEMORY=4GiB), the TOML file given by
+--config or MEMSERVE_CONFIG (keys as the flags, e.g. device-memory = "4GiB"),
+built-in defaults.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import tomllib
 from dataclasses import dataclass
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -46,6 +53,8 @@ class Config:
     admin_token_file: str = ""
     require_token_for_execute: bool = False  # Triton-style DIR/<name>/<version>/model.onnx, loaded on request
     log_level: str = "INFO"
+    log_format: str = "text"
+    config: str = ""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,11 +90,53 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--require-token-for-execute", action="store_true",
                    help="require the admin token for executions too")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
+    p.add_argument("--log-format", choices=["text", "json"], default=d.log_format,
+                   help="one line per event, as text or as JSON (default %(default)s)")
+    p.add_argument("--config", default="", metavar="FILE",
+                   help="TOML file of settings (keys as these flags); flags and MEMSERVE_* variables win")
     return p
 
 
-def from_args(argv: list[str] | None = None) -> Config:
-    ns = parser().parse_args(argv)
+def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    p = parser()
+    actions = {a.dest: a for a in p._actions if a.dest != "help"}
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=environ.get("MEMSERVE_CONFIG", ""))
+    path = pre.parse_known_args(argv)[0].config
+    defaults = {}
+    if path:
+        for key, value in _read_file(path).items():
+            dest = key.replace("-", "_")
+            if dest not in actions:
+                p.error(f"{path}: unknown setting {key!r}")
+            defaults[dest] = _convert(p, actions[dest], value, f"{path}: {key}")
+    for dest, action in actions.items():
+        name = f"MEMSERVE_{dest.upper()}"
+        if name in environ:
+            defaults[dest] = _convert(p, action, environ[name], name)
+    p.set_defaults(**defaults)
+    ns = p.parse_args(argv)
     cfg = Config(**vars(ns))
     cfg.device_memory = cfg.device_memory or default_device_memory()
     return cfg
+
+
+def _read_file(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"memserved: cannot read --config {path}: {exc}") from None
+
+
+def _convert(p: argparse.ArgumentParser, action: argparse.Action, value, where: str):
+    """A file or environment value as the flag's parser would have made it."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    if action.type is None or not isinstance(value, str) and action.type in (int, float):
+        return value
+    try:
+        return action.type(value) if isinstance(value, str) else action.type(str(value))
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        p.error(f"{where}: {exc}")

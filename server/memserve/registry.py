@@ -6,6 +6,7 @@ shared buffers); executions only take a lane of the model.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .metrics import Metrics
 from .stats import ModelStats
 
 ModelRef = int | str
+log = logging.getLogger("memserve.registry")
 AUTO = "auto"
 
 
@@ -132,6 +134,9 @@ class Registry:
             raise
         if self.metrics:
             self.metrics.load_seconds.observe(time.perf_counter() - start)
+        log.info("loaded model %s (id %d): work %d bytes, weights %d bytes, %s", model.name, model.id,
+                 model.plan.work_size, model.plan.weight_size, ", ".join(ws.name for ws in model.workspaces),
+                 extra={"model": model.name})
         return model
 
     def _load(self, data: bytes, options: LoadOptions, start: float) -> LoadedModel:
@@ -239,6 +244,8 @@ class Registry:
                 del self._models[model.id]
                 if self._names.get(model.name) == model.id:  # a replacement may own the name now
                     del self._names[model.name]
+            log.info("unloaded model %s (id %d): %d bytes freed", model.name, model.id, freed,
+                     extra={"model": model.name})
             return freed
 
     def close(self) -> None:

@@ -29,6 +29,18 @@ def abort(context: grpc.ServicerContext, err: MemserveError) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
+def _ids(request) -> dict:
+    """The request id and model a request line should carry, where the message has them."""
+    out = {}
+    rid = getattr(request, "id", "")
+    if isinstance(rid, str) and rid:
+        out["request_id"] = rid
+    model = getattr(request, "model_name", "") or getattr(getattr(request, "model", None), "name", "")
+    if model:
+        out["model"] = model
+    return out
+
+
 def handle_errors(method):
     """Map MemserveError to its status; anything else is a bug: log it, answer INTERNAL."""
 
@@ -37,6 +49,8 @@ def handle_errors(method):
         try:
             return method(self, request, context)
         except MemserveError as err:
+            log.warning("%s failed: %s", method.__name__, err.message,
+                        extra={"rpc": method.__name__, "code": err.code.name, **_ids(request)})
             abort(context, err)
         except Exception as exc:  # noqa: BLE001 - the daemon must outlive its bugs
             if context.code() is not None:  # already aborted, e.g. by grpc itself
