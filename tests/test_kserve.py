@@ -156,6 +156,9 @@ def test_model_repository_loads_by_name(make_daemon, tmp_path):
     d = make_daemon("--model-repository", str(tmp_path))
     triton = InferenceServerClient(d.target)
     try:
+        # Loaded at start, as every replica behind a Service must serve the same models.
+        assert [(m.name, m.state) for m in triton.get_model_repository_index().models] == [("clf", "READY")]
+        triton.unload_model("clf")
         assert [(m.name, m.state) for m in triton.get_model_repository_index().models] == [("clf", "UNAVAILABLE")]
         triton.load_model("clf")
         assert triton.is_model_ready("clf") and triton.get_model_config("clf").config.max_batch_size == 4

@@ -76,8 +76,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads,
                    help="threads each kernel may use (BLAS); 0 keeps the library default of all cores")
     p.add_argument("--model-repository", default="", metavar="DIR",
-                   help="Triton-style model repository (DIR/<name>/<version>/model.onnx and config.pbtxt) "
-                        "that RepositoryModelLoad loads from by name")
+                   help="Triton-style model repository (DIR/<name>/<version>/model.onnx and config.pbtxt): "
+                        "every model in it is loaded at start, and RepositoryModelLoad (re)loads by name")
     p.add_argument("--metrics-port", type=int, default=d.metrics_port,
                    help="Prometheus /metrics HTTP port on --host (default %(default)s; 0 picks a free one, -1 none)")
     p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace,

@@ -10,15 +10,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memserve_client.pb.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from memserve_client.pb.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
 from memserve_client.pb.memserve.v1 import memserve_pb2, memserve_pb2_grpc
 
 from .api.auth import TokenInterceptor, read_token
-from .api.kserve import KServeServicer
+from .api.kserve import KServeServicer, load_options
 from .api.native import NativeServicer
 from .config import Config
 from .device import make_device
-from .errors import InvalidArgument
+from .errors import InvalidArgument, MemserveError
 from .metrics import Metrics
 from .registry import Registry
 from .repository import ModelRepository
@@ -68,7 +68,18 @@ class Daemon:
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
 
+    def load_repository(self) -> None:
+        """Load every model of --model-repository, so that every replica serves the same models."""
+        repo = self.kserve.repository
+        for name in repo.names() if repo is not None else ():
+            data, config = repo.read(name)
+            try:
+                self.registry.load(data, load_options(name, config or model_config_pb2.ModelConfig()))
+            except MemserveError as err:
+                log.error("model %s from %s was not loaded: %s", name, repo.root, err.message, extra={"model": name})
+
     def start(self) -> None:
+        self.load_repository()
         self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port) \
             if self.config.metrics_port >= 0 else None
         self.server.start()
