@@ -20,10 +20,14 @@ class Daemon:
             [sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
+        seen = []
+        for line in self.proc.stdout:  # log lines (models loaded at start) may come before the banner
+            seen.append(line)
+            if "listening on" in line:
+                break
+        else:
             self.proc.kill()
-            raise RuntimeError(f"memserved did not start: {line}{self.proc.stdout.read()}")
+            raise RuntimeError(f"memserved did not start: {''.join(seen)}")
         self.target = line.split("listening on ")[1].split()[0]
         self.port = int(self.target.rsplit(":", 1)[1])
         self.metrics = line.split("metrics on ")[1].rstrip(")\n") if "metrics on " in line else None
