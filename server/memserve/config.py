@@ -47,6 +47,7 @@ class Config:
     model_repository: str = ""
     metrics_port: int = 8000  # -1: no metrics endpoint; 0: a free port
     shutdown_grace: float = 30.0
+    state_dir: str = ""
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""  # set: clients must present a certificate signed by it (mutual TLS)
@@ -80,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
                         "every model in it is loaded at start, and RepositoryModelLoad (re)loads by name")
     p.add_argument("--metrics-port", type=int, default=d.metrics_port,
                    help="Prometheus /metrics HTTP port on --host (default %(default)s; 0 picks a free one, -1 none)")
+    p.add_argument("--state-dir", default="", metavar="DIR",
+                   help="keep loaded models here: a load is durable before it is acknowledged, and every saved "
+                        "model is restored at start with its id, name and options; unload removes it")
     p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace,
                    help="seconds SIGTERM waits for running and queued requests (default %(default)s)")
     p.add_argument("--tls-cert", default="", help="PEM certificate chain: serve TLS only")

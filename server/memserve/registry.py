@@ -113,6 +113,7 @@ class Registry:
         self._admin = threading.Lock()
         self._lock = threading.Lock()  # guards the two maps for readers
         self.draining = False  # shutting down: no new loads or requests
+        self.state = None  # a StateStore: acknowledged loads are durable (--state-dir)
 
     # -- admin ------------------------------------------------------------
 
@@ -123,11 +124,13 @@ class Registry:
         plan.release_staging()
         return plan
 
-    def load(self, data: bytes, options: LoadOptions) -> LoadedModel:
+    def load(self, data: bytes, options: LoadOptions, model_id: int | None = None) -> LoadedModel:
+        """Load; with a state store, the model is saved before this returns. `model_id`: restore
+        a saved model under its old id."""
         start = time.perf_counter()
         self._check_serving()
         try:
-            model = self._load(data, options, start)
+            model = self._load(data, options, start, model_id)
         except MemserveError as err:
             if self.metrics:
                 self.metrics.load_failures.labels(err.reason).inc()
@@ -139,7 +142,7 @@ class Registry:
                  extra={"model": model.name})
         return model
 
-    def _load(self, data: bytes, options: LoadOptions, start: float) -> LoadedModel:
+    def _load(self, data: bytes, options: LoadOptions, start: float, restore_id: int | None) -> LoadedModel:
         if options.instances < 1:
             raise InvalidArgument(f"instances must be at least 1, got {options.instances}")
         if options.instances > 1 and options.workspace not in ("private", "", AUTO):
@@ -150,7 +153,7 @@ class Registry:
         if options.batching is not None:
             _check_batchable(plan, options.batching)
         with self._admin, self.context:
-            model_id = self._next_id
+            model_id = restore_id or self._next_id
             name = options.name or f"model-{model_id}"
             old = self._names.get(name)
             if old is not None and not options.replace:
@@ -159,14 +162,29 @@ class Registry:
             model = self._allocate(model_id, name, plan, options, mode)
             model.note = note + (f"; replaces model {old}, which finishes its queue and unloads" if old else "")
             model.load_time_us = int((time.perf_counter() - start) * 1e6)
+            if self.state is not None and restore_id is None:
+                self._save(model, data)
             with self._lock:
                 self._models[model_id] = model
                 self._names[name] = model_id  # from here on, new requests by name go to this model
-            self._next_id += 1
+            self._next_id = max(self._next_id, model_id + 1)
         plan.release_staging()
         if old is not None:
             self._unload(old, drain=True)
         return model
+
+    def reserve_ids(self, next_id: int) -> None:
+        """New models get ids from `next_id` on (a restarted daemon does not reuse old ids)."""
+        with self._admin:
+            self._next_id = max(self._next_id, next_id)
+
+    def _save(self, model: LoadedModel, data: bytes) -> None:
+        """Make the load durable before it is acknowledged; if that fails, the load fails (I4)."""
+        try:
+            self.state.save(model.id, model.name, model.options, data)
+        except OSError as exc:
+            self._free(model)
+            raise ResourceExhausted(f"could not save the model in --state-dir: {exc}") from None
 
     def _check_serving(self) -> None:
         if self.draining:
@@ -232,14 +250,9 @@ class Registry:
                 f"model {model.name!r} (id {model.id}) was unloaded before this request ran")
             for lane in model.lanes:
                 lane.retire_model(model.id, error)
-            freed = 0
-            with self.context:
-                for ws in model.workspaces:
-                    freed += self.pool.leave(model.id, ws)
-                freed += self.weights.release(model.id, model.plan.weight_digest)
-            for ws in model.workspaces:
-                if not ws.members:
-                    self.scheduler.retire(ws)
+            freed = self._free(model)
+            if self.state is not None:
+                self.state.remove(model.id)
             with self._lock:
                 del self._models[model.id]
                 if self._names.get(model.name) == model.id:  # a replacement may own the name now
@@ -248,10 +261,24 @@ class Registry:
                      extra={"model": model.name})
             return freed
 
+    def _free(self, model: LoadedModel) -> int:
+        freed = 0
+        with self.context:
+            for ws in model.workspaces:
+                freed += self.pool.leave(model.id, ws)
+            freed += self.weights.release(model.id, model.plan.weight_digest)
+        for ws in model.workspaces:
+            if not ws.members:
+                self.scheduler.retire(ws)
+        return freed
+
     def close(self) -> None:
+        """Free every model's memory (at shutdown: saved models stay saved)."""
+        state, self.state = self.state, None
         for model in self.list():
             self.unload(model.id)
         self.scheduler.close()
+        self.state = state
 
     # -- lookup -----------------------------------------------------------
 

@@ -22,6 +22,7 @@ from .errors import InvalidArgument, MemserveError
 from .metrics import Metrics
 from .registry import Registry
 from .repository import ModelRepository
+from .state import StateStore
 
 log = logging.getLogger("memserve")
 NATIVE_SERVICE = memserve_pb2.DESCRIPTOR.services_by_name["Memserve"].full_name
@@ -78,7 +79,21 @@ class Daemon:
             except MemserveError as err:
                 log.error("model %s from %s was not loaded: %s", name, repo.root, err.message, extra={"model": name})
 
+    def restore(self) -> None:
+        """Bring back every model saved in --state-dir, under its id, name and options."""
+        if not self.config.state_dir:
+            return
+        self.registry.state = store = StateStore(self.config.state_dir)
+        self.registry.reserve_ids(store.next_id())
+        for record in store.restore():
+            try:
+                self.registry.load(record.data, record.options, model_id=record.model_id)
+            except MemserveError as err:
+                log.error("saved model %s (id %d) was not restored: %s", record.name, record.model_id, err.message,
+                          extra={"model": record.name})
+
     def start(self) -> None:
+        self.restore()
         self.load_repository()
         self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port) \
             if self.config.metrics_port >= 0 else None
