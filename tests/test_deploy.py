@@ -1,0 +1,128 @@
+"""Deployment files: render the kustomizations, validate every object offline, check what matters."""
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+VERSION = kubernetes_validate.utils.latest_version()
+
+
+def render_python(folder: pathlib.Path) -> list[dict]:
+    """The kustomize features these files use: resources, labels, and $patch: delete."""
+    k = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    objects = []
+    for res in k.get("resources", []):
+        path = folder / res
+        objects += render_python(path) if path.is_dir() else [o for o in yaml.safe_load_all(path.read_text()) if o]
+    for labels in k.get("labels", []):
+        for o in objects:
+            o.setdefault("metadata", {}).setdefault("labels", {}).update(labels["pairs"])
+    for p in k.get("patches", []):
+        patch = yaml.safe_load(p["patch"])
+        if patch.get("$patch") == "delete":
+            objects = [o for o in objects if (o["kind"], o["metadata"]["name"]) !=
+                       (patch["kind"], patch["metadata"]["name"])]
+    return objects
+
+
+def render(folder: pathlib.Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return render_python(folder)
+    out = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True).stdout
+    rendered = [o for o in yaml.safe_load_all(out) if o]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in rendered) == \
+        sorted((o["kind"], o["metadata"]["name"]) for o in render_python(folder))
+    return rendered
+
+
+BUILTIN = ("v1", "apps/v1", "policy/v1")
+CUSTOM_REQUIRED = {
+    "ServiceMonitor": ["spec.selector", "spec.endpoints"],
+    "ClusterServingRuntime": ["spec.supportedModelFormats", "spec.containers", "spec.protocolVersions"],
+    "InferenceService": ["spec.predictor.model.modelFormat.name", "spec.predictor.model.runtime"],
+}
+
+
+def validate(objects: list[dict]) -> None:
+    for o in objects:
+        if o["apiVersion"] in BUILTIN:
+            kubernetes_validate.validate(o, VERSION, strict=True)
+        else:
+            for path in CUSTOM_REQUIRED[o["kind"]]:
+                node = o
+                for part in path.split("."):
+                    assert part in node, f"{o['kind']} {o['metadata']['name']} lacks {path}"
+                    node = node[part]
+
+
+def by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_base_is_valid_and_serves_safely():
+    objects = render(K8S / "base")
+    validate(objects)
+    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
+                                                 "Service", "ServiceMonitor"]
+    (dep,) = by_kind(objects, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == 50051
+    assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
+    config = by_kind(objects, "ConfigMap")[0]["data"]["memserve.toml"]
+    grace = float(re.search(r"shutdown-grace = (\d+)", config).group(1))
+    assert pod["terminationGracePeriodSeconds"] >= grace + c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    headless = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") == "None"]
+    assert len(headless) == 1  # for clients balancing with dns:/// and round_robin
+    assert by_kind(objects, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_stateful_overlay_keeps_models_on_a_claim():
+    objects = render(K8S / "overlays" / "stateful")
+    validate(objects)
+    assert by_kind(objects, "Deployment") == []
+    (sts,) = by_kind(objects, "StatefulSet")
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    assert "--state-dir" in c["args"]
+    state_dir = c["args"][c["args"].index("--state-dir") + 1]
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert any(m["name"] == claim["metadata"]["name"] and state_dir.startswith(m["mountPath"])
+               for m in c["volumeMounts"])
+
+
+def test_kserve_runtime_and_inference_service():
+    objects = [o for f in sorted((ROOT / "deploy" / "kserve").glob("*.yaml"))
+               for o in yaml.safe_load_all(f.read_text()) if o]
+    validate(objects)
+    (runtime,) = by_kind(objects, "ClusterServingRuntime")
+    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
+    assert runtime["spec"]["supportedModelFormats"][0]["name"] == "onnx"
+    (isvc,) = by_kind(objects, "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
+
+
+def test_flags_in_manifests_exist():
+    """Every memserved flag the manifests and the image pass is one memserved knows."""
+    from memserve.config import parser
+
+    known = {o for a in parser()._actions for o in a.option_strings}
+    text = "\n".join(p.read_text() for p in (ROOT / "deploy").rglob("*") if p.is_file())
+    used = set(re.findall(r"(--[a-z][a-z-]+)", text))
+    assert used - {"--no-cache-dir", "--system", "--uid", "--home-dir", "--create-home", "--from", "--wheel",
+                   "--outdir", "--interval", "--timeout", "--start-period", "--retries"} <= known
+
+
+def test_dockerfile_runs_as_non_root_with_a_health_check():
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    final = text.split("\nFROM ")[-1]
+    assert final.startswith("python:3.11-slim")
+    assert re.search(r"^USER 10001$", final, re.M) and "HEALTHCHECK" in final
+    assert "EXPOSE 50051 8000" in final
+    assert "[dev]" not in final  # runtime dependencies only
