@@ -19,7 +19,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -102,7 +101,6 @@ def main() -> None:
             sess.run(None, feeds)
             grown = rss() - before
             theirs = median_ms(lambda: sess.run(None, feeds), a.repeat)
-            del sess
             print(f"{name:<28} {threads:>3} {ours:>11.3f} {theirs:>8.3f} {ours / theirs:>6.2f} "
                   f"{m.plan.work_size:>11} {m.plan.work_lower_bound:>11} {grown:>11} {steps:>7} {overhead:>7.2f}",
                   flush=True)

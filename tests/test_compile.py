@@ -5,7 +5,7 @@ from onnx import TensorProto, helper
 
 from memserve.errors import InputMismatch, InvalidArgument, ModelParseError, UnsupportedModel
 from memserve.model import CompileOptions, compile_model
-from memserve.model.plan import INPUT, IO, WEIGHT, WORK
+from memserve.model.plan import INPUT, IO, WEIGHT
 
 from models import F32, graph_model, mlp_bytes, run_local, with_external_data
 
@@ -163,7 +163,6 @@ def test_only_inputs_with_an_open_leading_dimension_are_batched():
 
 def shape_chain_model():
     """What the TorchScript exporter emits: Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
-    I64 = TensorProto.INT64
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
         helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),

@@ -1,6 +1,5 @@
 """Invariants I1, I3, I4, I6, I7 under concurrent clients, over real gRPC."""
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 

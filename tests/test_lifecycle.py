@@ -1,6 +1,5 @@
 """SIGTERM: NOT_SERVING, new calls refused, running and queued work finishes, exit 0."""
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc

@@ -1,6 +1,5 @@
 """Serving features over real gRPC: instances, auto workspaces, replace, timeouts, full queues."""
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc

@@ -58,7 +58,7 @@ def report(p: PlanInfo, top: int = 10) -> str:
         f"steps:            {p.steps}; work tensors: {len(p.placements)}",
         f"peak at step {p.peak_step}: {len(live)} tensors live, {sum(t.size for t in live)} bytes",
         "",
-        f"largest work tensors:",
+        "largest work tensors:",
         f"  {'name':<40} {'bytes':>12} {'offset':>12} {'steps':>11}",
     ]
     for t in sorted(p.placements, key=lambda t: -t.size)[:top]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
 
 import grpc
@@ -26,6 +24,7 @@ from ..errors import InputMismatch, InvalidArgument, MemserveError, NotFound, Un
 from ..registry import Batching, LoadedModel, LoadOptions, Registry
 from .native import deadline
 from .status import counted, handle_errors
+from .streams import pipelined
 
 log = logging.getLogger("memserve.api")
 VERSION = "1"
@@ -100,45 +99,35 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return infer_response(request, model, pending.result(), wanted, raw)
 
     def ModelStreamInfer(self, request_iterator, context):
-        answers: queue.SimpleQueue = queue.SimpleQueue()
+        submitted = []
+        context.add_callback(lambda: [p.cancel() for p in list(submitted)])
 
-        def fail(err: Exception, request, start) -> pb.ModelStreamInferResponse:
+        def fail(err: BaseException, request, start) -> pb.ModelStreamInferResponse:
             message = err.message if isinstance(err, MemserveError) else f"internal error: {err}"
             status = err.code.name if isinstance(err, MemserveError) else "INTERNAL"
             return self._counted(request, pb.ModelStreamInferResponse(error_message=message), status, start)
 
-        def read() -> None:
-            count = 0
+        def handle(request: pb.ModelInferRequest, answer) -> None:
+            start = time.perf_counter()
             try:
-                for request in request_iterator:
-                    count += 1
-                    start = time.perf_counter()
-                    try:
-                        model, arrays, wanted, raw = self._decode(request)
-                        pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)),
-                                                       _priority(request))
-                    except MemserveError as err:
-                        answers.put(fail(err, request, start))
-                        continue
-                    pending.request.future.add_done_callback(
-                        lambda f, r=request, m=model, w=wanted, raw=raw, t=start: answers.put(
-                            fail(f.exception(), r, t) if f.exception() else self._counted(
-                                r, pb.ModelStreamInferResponse(infer_response=infer_response(r, m, f.result(), w, raw)),
-                                "OK", t)))
-            except grpc.RpcError:
-                pass
-            finally:
-                answers.put(count)
+                model, arrays, wanted, raw = self._decode(request)
+                pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)),
+                                               _priority(request))
+            except MemserveError as err:
+                answer(fail(err, request, start))
+                return
+            submitted.append(pending)
 
-        threading.Thread(target=read, name="model-stream-infer", daemon=True).start()
-        owed, sent = None, 0
-        while owed is None or sent < owed:
-            item = answers.get()
-            if isinstance(item, int):
-                owed = item
-                continue
-            sent += 1
-            yield item
+            def done(f) -> None:
+                if f.exception() is not None:
+                    answer(fail(f.exception(), request, start))
+                else:
+                    response = infer_response(request, model, f.result(), wanted, raw)
+                    answer(self._counted(request, pb.ModelStreamInferResponse(infer_response=response), "OK", start))
+
+            pending.request.future.add_done_callback(done)
+
+        return pipelined(request_iterator, handle, "model-stream-infer")
 
     def _counted(self, request, response, status: str, start: float):
         if self.metrics is not None:

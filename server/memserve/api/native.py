@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from typing import Iterator
 
@@ -20,6 +18,7 @@ from ..model.plan import RUN
 from ..pool import Workspace
 from ..registry import Batching, ExecuteResult, LoadedModel, LoadOptions, ModelRef, Pending, Registry
 from .status import counted, handle_errors
+from .streams import pipelined
 
 _CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 
@@ -70,38 +69,21 @@ class NativeServicer(pb_grpc.MemserveServicer):
 
     def ExecuteStream(self, request_iterator, context):
         """Submit requests as they arrive; answer each as it finishes, errors included."""
-        answers: queue.SimpleQueue = queue.SimpleQueue()
         submitted: list[Pending] = []
         context.add_callback(lambda: [p.cancel() for p in list(submitted)])
 
-        def read() -> None:
-            count = 0
+        def handle(request: pb.ExecuteRequest, answer) -> None:
+            start = time.perf_counter()
             try:
-                for request in request_iterator:
-                    count += 1
-                    start = time.perf_counter()
-                    try:
-                        pending = self._submit(request, context)
-                    except MemserveError as err:
-                        answers.put(self._counted(request, error_response(request.id, err), start))
-                        continue
-                    submitted.append(pending)
-                    pending.request.future.add_done_callback(
-                        lambda f, r=request, t=start: answers.put(self._counted(r, future_response(r.id, f), t)))
-            except grpc.RpcError:
-                pass  # the client went away; what was submitted is cancelled by the callback
-            finally:
-                answers.put(count)  # the reader is done: this many answers are owed
+                pending = self._submit(request, context)
+            except MemserveError as err:
+                answer(self._counted(request, error_response(request.id, err), start))
+                return
+            submitted.append(pending)
+            pending.request.future.add_done_callback(
+                lambda f: answer(self._counted(request, future_response(request.id, f), start)))
 
-        threading.Thread(target=read, name="execute-stream", daemon=True).start()
-        owed, sent = None, 0
-        while owed is None or sent < owed:
-            item = answers.get()
-            if isinstance(item, int):
-                owed = item
-                continue
-            sent += 1
-            yield item
+        return pipelined(request_iterator, handle, "execute-stream")
 
     def _counted(self, request: pb.ExecuteRequest, response: pb.ExecuteResponse, start: float) -> pb.ExecuteResponse:
         if self.metrics is not None:
