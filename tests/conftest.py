@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -28,6 +29,10 @@ class Daemon:
         else:
             self.proc.kill()
             raise RuntimeError(f"memserved did not start: {''.join(seen)}")
+        # Keep reading what it prints: a full pipe would block its logging, and with it the daemon.
+        self._output: list[str] = []
+        self._reader = threading.Thread(target=lambda: self._output.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
         self.target = line.split("listening on ")[1].split()[0]
         self.port = int(self.target.rsplit(":", 1)[1])
         self.metrics = line.split("metrics on ")[1].rstrip(")\n") if "metrics on " in line else None
@@ -39,13 +44,19 @@ class Daemon:
         return self.proc.poll() is None
 
     def stop(self) -> str:
+        """Stop it; returns what it printed after the banner."""
         self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out
+            self.proc.wait()
+        self._reader.join(10)
+        return "".join(self._output)
+
+    def output(self) -> str:
+        self._reader.join(10)
+        return "".join(self._output)
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,6 @@ def test_json_logs_carry_request_ids(make_daemon):
             pb_grpc.MemserveStub(ch).Execute(pb.ExecuteRequest(model=pb.ModelRef(name="logged"), id="req-42"))
     lines = [json.loads(line) for line in d.stop().splitlines() if line.startswith("{")]
     failed = [r for r in lines if r.get("request_id") == "req-42"]
-    assert failed and failed[0]["level"] == "WARNING" and failed[0]["code"] == "INVALID_ARGUMENT"
+    assert failed and failed[0]["level"] == "INFO" and failed[0]["code"] == "INVALID_ARGUMENT"
     assert failed[0]["model"] == "logged" and failed[0]["rpc"] == "Execute"
     assert any(r["msg"].startswith("loaded model logged") and r.get("model") == "logged" for r in lines)

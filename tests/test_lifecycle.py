@@ -33,7 +33,7 @@ def test_sigterm_finishes_queued_work_and_exits_zero(make_daemon):
         for cl in clients:
             cl.close()
     assert d.proc.wait(timeout=30) == 0
-    out = d.proc.stdout.read()
+    out = d.output()
     assert "shutting down" in out and "stopped" in out
 
 

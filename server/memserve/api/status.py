@@ -49,8 +49,9 @@ def handle_errors(method):
         try:
             return method(self, request, context)
         except MemserveError as err:
-            log.warning("%s failed: %s", method.__name__, err.message,
-                        extra={"rpc": method.__name__, "code": err.code.name, **_ids(request)})
+            # The caller's mistake, not the daemon's: INFO, so that --log-level WARNING silences it.
+            log.info("%s failed: %s", method.__name__, err.message,
+                     extra={"rpc": method.__name__, "code": err.code.name, **_ids(request)})
             abort(context, err)
         except Exception as exc:  # noqa: BLE001 - the daemon must outlive its bugs
             if context.code() is not None:  # already aborted, e.g. by grpc itself
