@@ -134,3 +134,17 @@ def test_bad_workspace_names(dev):
         with pytest.raises(InvalidArgument, match="private"):
             pool.join(1, bad, 64)
     assert dev.used() == 0
+
+
+def test_a_buffer_lost_in_a_failed_grow_comes_back_at_the_next_execution(dev, monkeypatch):
+    pool = WorkspacePool(dev)
+    ws = pool.join(1, "shared:g", 1 << 16)
+    real_alloc = dev.alloc
+    monkeypatch.setattr(dev, "alloc", lambda n, kind: (_ for _ in ()).throw(ResourceExhausted("taken meanwhile")))
+    with pytest.raises(ResourceExhausted):  # the grow fails, and so does putting the old size back
+        pool.join(2, "shared:g", 1 << 17)
+    assert ws.buffer is None and dev.used() == 0
+    monkeypatch.setattr(dev, "alloc", real_alloc)
+    with ws.lock:
+        assert ws.ensure_buffer(dev).nbytes == 1 << 16  # what member 1 needs
+    assert dev.used("workspace") == 1 << 16

@@ -123,6 +123,13 @@ class Workspace:
         with self._probe:
             self._active -= 1
 
+    def ensure_buffer(self, device: Device) -> Buffer:
+        """The buffer, allocated again if a failed resize lost it; the caller holds `lock`."""
+        if self.buffer is None:
+            self.buffer = device.alloc(self.required, "workspace")
+            self.bindings.clear()
+        return self.buffer
+
     def resize(self, device: Device, size: int) -> int:
         """Make the buffer exactly `size` bytes once no execution runs; returns bytes freed (<0: grown)."""
         with self.lock:
@@ -140,7 +147,10 @@ class Workspace:
                 self.buffer = device.alloc(size, "workspace")
             except ResourceExhausted:
                 if old is not None:  # put the old size back so the members keep running
-                    self.buffer = device.alloc(before, "workspace")
+                    try:
+                        self.buffer = device.alloc(before, "workspace")
+                    except ResourceExhausted:
+                        pass  # taken meanwhile by output buffers: the next execution allocates it again
                 raise
             return before - self.buffer.nbytes
 

@@ -334,6 +334,7 @@ class Registry:
         else:
             arrays = {name: np.concatenate([r.payload[name] for r in reqs]) for name in reqs[0].payload}
             rows = sum(r.rows for r in reqs)
+        ws.ensure_buffer(self.device)
         outs, buffers = model.executable.run(arrays, rows, ws, lambda n: self.device.alloc(n, "io"))
         try:
             results, start = [], 0
