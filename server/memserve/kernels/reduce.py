@@ -33,9 +33,10 @@ def _reduce_infer(node, ins):
 
 # op -> (function over (x, axes, keepdims, out), value of an empty reduction)
 REDUCERS = {
-    "ReduceSum": (lambda x, a, k, out: np.sum(x, axis=a, keepdims=k, out=out), 0),
+    # ufunc.reduce directly: np.sum and friends add a Python wrapper of several us per call.
+    "ReduceSum": (lambda x, a, k, out: np.add.reduce(x, axis=a, keepdims=k, out=out), 0),
     "ReduceMean": (lambda x, a, k, out: np.mean(x, axis=a, keepdims=k, out=out), np.nan),
-    "ReduceMax": (lambda x, a, k, out: np.max(x, axis=a, keepdims=k, out=out), -np.inf),
+    "ReduceMax": (lambda x, a, k, out: np.maximum.reduce(x, axis=a, keepdims=k, out=out), -np.inf),
     "ReduceMin": (lambda x, a, k, out: np.min(x, axis=a, keepdims=k, out=out), np.inf),
     "ReduceProd": (lambda x, a, k, out: np.prod(x, axis=a, keepdims=k, out=out), 1),
     "ReduceL1": (lambda x, a, k, out: np.sum(np.abs(x), axis=a, keepdims=k, out=out), 0),
@@ -157,15 +158,15 @@ def _build_softmax(node, ins, outs):
         red = o[1]
         if x.size == 0:
             return
-        np.max(x, axis=ax, keepdims=True, out=red)
+        np.maximum.reduce(x, axis=ax, keepdims=True, out=red)
         np.subtract(x, red, out=y)
         if log:  # y = (x - max) - log(sum(exp(x - max)))
-            np.sum(np.exp(y), axis=ax, keepdims=True, out=red)
+            np.add.reduce(np.exp(y), axis=ax, keepdims=True, out=red)
             np.log(red, out=red)
             y -= red
             return
         np.exp(y, out=y)
-        np.sum(y, axis=ax, keepdims=True, out=red)
+        np.add.reduce(y, axis=ax, keepdims=True, out=red)
         y /= red
 
     return run
@@ -205,8 +206,9 @@ def _build_ln(node, ins, outs):
         x, scale, bias = i[0], i[1], i[2] if len(i) > 2 else None
         y, mean, inv = o[0], o[-2], o[-1]
         x2, y2 = x.reshape(-1, cols), y.reshape(-1, cols)
-        np.mean(x2, axis=1, keepdims=True, out=mean[: x2.shape[0]])
         m = mean[: x2.shape[0]]
+        np.add.reduce(x2, axis=1, keepdims=True, out=m)
+        m /= cols
         np.subtract(x2, m, out=y2)
         v = inv[: x2.shape[0]]
         np.einsum("ij,ij->i", y2, y2, out=v[:, 0])
