@@ -19,6 +19,8 @@ import sys
 import time
 import warnings
 
+import numpy as np
+
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -69,6 +71,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--filter", default="")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="repeat each example input to this many rows (models with an open batch dimension)")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
 
@@ -85,6 +89,8 @@ def main() -> None:
         if a.filter not in name:
             continue
         data, feeds = build(name)
+        if a.batch:
+            feeds = {k: np.repeat(v, a.batch, axis=0) if v.shape[0] == 1 else v for k, v in feeds.items()}
         shapes = {k: v.shape for k, v in feeds.items()}
         reg = Registry(CpuDevice(8 << 30))
         m = reg.load(data, LoadOptions(name="m", input_shapes=shapes))
