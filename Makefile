@@ -29,6 +29,9 @@ example: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/execute_latency.py
+	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/protocols.py
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

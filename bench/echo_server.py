@@ -5,13 +5,14 @@ Same grpcio, same thread pool and message types as memserved; no model runs.
 """
 from __future__ import annotations
 
+import pathlib
 import sys
-from concurrent import futures
-
-import grpc
 
 from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import serve  # noqa: E402
 
 
 class Echo(pb_grpc.MemserveServicer):
@@ -20,12 +21,7 @@ class Echo(pb_grpc.MemserveServicer):
 
 
 def main() -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
-    pb_grpc.add_MemserveServicer_to_server(Echo(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    server.wait_for_termination()
+    serve(pb_grpc.add_MemserveServicer_to_server, Echo())
 
 
 if __name__ == "__main__":

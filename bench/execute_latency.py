@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import subprocess
 import sys
-import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from common import memserved, start, timed  # noqa: E402
+
 MODEL = ROOT / "examples" / "mlp.onnx"
-
-
-def start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    return proc, line.split("listening on ")[1].split()[0]
-
-
-def timed(fn, calls: int, warmup: int = 200) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(calls)
-    for i in range(calls):
-        t = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - t
-    return out * 1e6
 
 
 def main() -> None:
@@ -54,7 +38,7 @@ def main() -> None:
 
     x = np.random.default_rng(0).standard_normal((a.batch, 64)).astype(np.float32)
     rows = {}
-    daemon, target = start([sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", "--device-memory", "256MiB"])
+    daemon, target = memserved("--device-memory", "256MiB")
     echo, echo_target = start([sys.executable, str(ROOT / "bench" / "echo_server.py")])
     try:
         with Client(target) as c:

@@ -8,17 +8,19 @@ model (one intra-op thread), run on the handler thread.
 from __future__ import annotations
 
 import itertools
+import pathlib
 import sys
 import threading
-from concurrent import futures
 
-import grpc
 import numpy as np
 import onnxruntime as ort
 
 from memserve_client import tensors
 from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import serve  # noqa: E402
 
 
 class OrtServer(pb_grpc.MemserveServicer):
@@ -51,13 +53,7 @@ class OrtServer(pb_grpc.MemserveServicer):
 
 
 def main() -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
-                         options=[("grpc.max_receive_message_length", 64 << 20)])
-    pb_grpc.add_MemserveServicer_to_server(OrtServer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    server.wait_for_termination()
+    serve(pb_grpc.add_MemserveServicer_to_server, OrtServer())
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import threading
-import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-from execute_latency import start  # noqa: E402
+from common import concurrent, memserved, start  # noqa: E402
 
 
 def tiny_model() -> bytes:
@@ -28,29 +26,6 @@ def tiny_model() -> bytes:
     from models import F32, graph_model
 
     return graph_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, ["N", 16])], [("y", F32, ["N", 16])])
-
-
-def measure(make_call, concurrency: int, seconds: float) -> tuple[float, float, float]:
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    stop = threading.Event()
-
-    def worker(k: int) -> None:
-        call = make_call()
-        call()
-        while not stop.is_set():
-            t = time.perf_counter()
-            call()
-            latencies[k].append(time.perf_counter() - t)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1e6
-    return np.percentile(lat, 50), np.percentile(lat, 99), len(lat) / seconds
 
 
 def main() -> None:
@@ -67,7 +42,7 @@ def main() -> None:
     from memserve_client.tensors import to_proto
 
     x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-    daemon, target = start([sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", "--device-memory", "64MiB"])
+    daemon, target = memserved("--device-memory", "64MiB")
     echo, echo_target = start([sys.executable, str(ROOT / "bench" / "echo_server.py")])
     try:
         with Client(target) as c:
@@ -90,8 +65,8 @@ def main() -> None:
 
         rows = {}
         for name, make in (("bare grpcio echo", bare), ("memserve native", native), ("memserve v2 (tritonclient)", v2)):
-            p50, p99, _ = measure(make, 1, a.seconds)
-            _, _, rps = measure(make, 8, a.seconds)
+            p50, p99, _ = concurrent(make, 1, a.seconds)
+            _, _, rps = concurrent(make, 8, a.seconds)
             rows[name] = (p50, p99, rps)
     finally:
         daemon.terminate()

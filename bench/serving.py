@@ -17,24 +17,14 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-
-
-def start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    return proc, proc.stdout.readline().split("listening on ")[1].split()[0]
-
-
-def memserved(*flags: str):
-    return start([sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", *flags])
+sys.path.insert(0, str(ROOT / "bench"))
+from common import concurrent, memserved, start  # noqa: E402
 
 
 def peer():
@@ -63,6 +53,7 @@ def models():
 
 
 def load_test(target: str, model_id: int, name: str, shape, concurrency: int, seconds: float):
+    """(requests/s, p50 ms, p99 ms) of one-row Execute calls."""
     import grpc
 
     from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
@@ -71,27 +62,13 @@ def load_test(target: str, model_id: int, name: str, shape, concurrency: int, se
 
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     req = pb.ExecuteRequest(model=pb.ModelRef(id=model_id), inputs=[to_proto(name, x)])
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    stop = threading.Event()
 
-    def client(k: int) -> None:
-        with grpc.insecure_channel(target) as ch:
-            stub = pb_grpc.MemserveStub(ch)
-            stub.Execute(req)
-            while not stop.is_set():
-                t = time.perf_counter()
-                stub.Execute(req)
-                latencies[k].append(time.perf_counter() - t)
+    def make():
+        stub = pb_grpc.MemserveStub(grpc.insecure_channel(target))
+        return lambda: stub.Execute(req)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1e3
-    return len(lat) / seconds, np.percentile(lat, 50), np.percentile(lat, 99)
+    p50, p99, rps = concurrent(make, concurrency, seconds)
+    return rps, p50 / 1000, p99 / 1000
 
 
 def throughput(seconds: float) -> None:
