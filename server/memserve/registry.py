@@ -124,13 +124,14 @@ class Registry:
         plan.release_staging()
         return plan
 
-    def load(self, data: bytes, options: LoadOptions, model_id: int | None = None) -> LoadedModel:
-        """Load; with a state store, the model is saved before this returns. `model_id`: restore
-        a saved model under its old id."""
+    def load(self, data: bytes, options: LoadOptions, model_id: int | None = None, *,
+             persist: bool = True) -> LoadedModel:
+        """Load; with a state store and `persist`, the model is saved before this returns.
+        `model_id`: restore a saved model under its old id (it is not saved again)."""
         start = time.perf_counter()
         self._check_serving()
         try:
-            model = self._load(data, options, start, model_id)
+            model = self._load(data, options, start, model_id, persist)
         except MemserveError as err:
             if self.metrics:
                 self.metrics.load_failures.labels(err.reason).inc()
@@ -142,7 +143,8 @@ class Registry:
                  extra={"model": model.name})
         return model
 
-    def _load(self, data: bytes, options: LoadOptions, start: float, restore_id: int | None) -> LoadedModel:
+    def _load(self, data: bytes, options: LoadOptions, start: float, restore_id: int | None,
+              persist: bool) -> LoadedModel:
         if options.instances < 1:
             raise InvalidArgument(f"instances must be at least 1, got {options.instances}")
         if options.instances > 1 and options.workspace not in ("private", "", AUTO):
@@ -162,7 +164,7 @@ class Registry:
             model = self._allocate(model_id, name, plan, options, mode)
             model.note = note + (f"; replaces model {old}, which finishes its queue and unloads" if old else "")
             model.load_time_us = int((time.perf_counter() - start) * 1e6)
-            if self.state is not None and restore_id is None:
+            if self.state is not None and restore_id is None and persist:
                 self._save(model, data)
             with self._lock:
                 self._models[model_id] = model
