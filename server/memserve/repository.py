@@ -34,12 +34,24 @@ class ModelRepository:
             config = mc.ModelConfig()
             try:
                 text_format.Parse(pbtxt.read_text(), config, allow_unknown_field=True)
-            except text_format.ParseError as exc:
+            except (text_format.ParseError, UnicodeDecodeError) as exc:
                 raise InvalidArgument(f"{pbtxt} is not a model configuration: {exc}") from None
-        return path.read_bytes(), config
+            except OSError as exc:
+                raise InvalidArgument(f"{pbtxt} cannot be read: {exc}") from None
+        try:
+            return path.read_bytes(), config
+        except OSError as exc:
+            raise InvalidArgument(f"{path} cannot be read: {exc}") from None
 
     @staticmethod
     def _model_file(folder: pathlib.Path) -> pathlib.Path | None:
+        try:
+            return ModelRepository._newest(folder)
+        except OSError:  # a folder that cannot be listed has no model this daemon can read
+            return None
+
+    @staticmethod
+    def _newest(folder: pathlib.Path) -> pathlib.Path | None:
         versions = sorted((int(p.name), p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
         for _, v in reversed(versions):
             if (v / "model.onnx").is_file():

@@ -1,6 +1,7 @@
 """Builds the gRPC server: the native API, health and reflection on one port."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -70,27 +71,54 @@ class Daemon:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
 
     def load_repository(self) -> None:
-        """Load every model of --model-repository, so that every replica serves the same models."""
+        """Load every model of --model-repository, so that every replica serves the same models.
+
+        Each entry stands alone: one that cannot be read, parsed, compiled or fitted is skipped
+        with an ERROR line and the others load. A name already loaded (restored from --state-dir,
+        which wins) is skipped with a warning. These loads are not saved in --state-dir, so a
+        repository model never replaces or removes an uploaded model's saved state."""
         repo = self.kserve.repository
-        for name in repo.names() if repo is not None else ():
-            data, config = repo.read(name)
+        if repo is None:
+            return
+        try:
+            names = repo.names()
+        except OSError as exc:
+            log.error("--model-repository %s cannot be listed; no model loaded from it: %s", repo.root, exc)
+            return
+        for name in names:
             try:
-                self.registry.load(data, load_options(name, config or model_config_pb2.ModelConfig()))
+                if any(m.name == name for m in self.registry.list()):
+                    log.warning("model %s from %s was not loaded: a model of that name was restored from "
+                                "--state-dir, and that one is kept", name, repo.root, extra={"model": name})
+                    continue
+                data, config = repo.read(name)
+                options = load_options(name, config or model_config_pb2.ModelConfig())
+                self.registry.load(data, dataclasses.replace(options, replace=False), persist=False)
             except MemserveError as err:
                 log.error("model %s from %s was not loaded: %s", name, repo.root, err.message, extra={"model": name})
+            except Exception:  # start-up survives any one bad entry (DESIGN.md, hostile input)
+                log.exception("model %s from %s was not loaded", name, repo.root, extra={"model": name})
 
     def restore(self) -> None:
-        """Bring back every model saved in --state-dir, under its id, name and options."""
+        """Bring back every model saved in --state-dir, under its id, name and options.
+
+        Entries that fail a check were set aside by StateStore.restore (quarantine/); a model
+        that fails to load (it no longer fits, say) is logged and keeps its saved state, so it
+        comes back at a later start unless a newer load of its name replaces it."""
         if not self.config.state_dir:
             return
         self.registry.state = store = StateStore(self.config.state_dir)
-        self.registry.reserve_ids(store.next_id())
-        for record in store.restore():
+        restored = store.restore()
+        self.registry.reserve_ids(restored.next_id)
+        for record in restored.records:
             try:
                 self.registry.load(record.data, record.options, model_id=record.model_id)
             except MemserveError as err:
-                log.error("saved model %s (id %d) was not restored: %s", record.name, record.model_id, err.message,
-                          extra={"model": record.name})
+                log.error("saved model %s (id %d) was not restored: %s (its saved state is kept)", record.name,
+                          record.model_id, err.message, extra={"model": record.name})
+            except Exception:  # start-up survives any one bad saved model
+                log.exception("saved model %s (id %d) was not restored (its saved state is kept)", record.name,
+                              record.model_id, extra={"model": record.name})
 
     def start(self) -> None:
         self.restore()
