@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
 import signal
-import threading
+import socket
+import sys
 from concurrent import futures
 
 import grpc
@@ -50,7 +53,9 @@ class Daemon:
             interceptors.append(TokenInterceptor(read_token(config.admin_token_file), config.require_token_for_execute))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            # so_reuseport 0: the port is ours alone (gRPC's default would let a second daemon share it).
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)],
             interceptors=interceptors,
         )
         memserve_pb2_grpc.add_MemserveServicer_to_server(
@@ -65,10 +70,15 @@ class Daemon:
             self.server)
         address = f"{config.host}:{config.port}"
         credentials = tls_credentials(config)
-        self.port = self.server.add_secure_port(address, credentials) if credentials else \
-            self.server.add_insecure_port(address)
+        check_port_free(config.host, config.port, "--port")
+        try:
+            self.port = self.server.add_secure_port(address, credentials) if credentials else \
+                self.server.add_insecure_port(address)
+        except RuntimeError:  # gRPC: "Failed to bind to address ..."
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {config.host}:{config.port}")
+            raise ListenError(f"cannot listen on {config.host} port {config.port}: the address is in use or "
+                              "not available here; choose another --port (0 picks a free one)")
 
     def load_repository(self) -> None:
         """Load every model of --model-repository, so that every replica serves the same models.
@@ -121,13 +131,21 @@ class Daemon:
                               record.model_id, extra={"model": record.name})
 
     def start(self) -> None:
+        # The metrics port first: a taken port fails the start before any model is loaded.
+        self.metrics_port = self.serve_metrics() if self.config.metrics_port >= 0 else None
         self.restore()
         self.load_repository()
-        self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port) \
-            if self.config.metrics_port >= 0 else None
         self.server.start()
         for service in ("", NATIVE_SERVICE, KSERVE_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def serve_metrics(self) -> int:
+        host, port = self.config.host, self.config.metrics_port
+        try:
+            return self.metrics.serve(host, port)
+        except OSError as exc:
+            raise ListenError(f"cannot serve metrics on {host} port {port}: {_reason(exc)}; choose another "
+                              "--metrics-port (0 picks a free one, -1 serves none)") from None
 
     def stop(self, grace: float) -> None:
         """Graceful: health says NOT_SERVING, new calls get UNAVAILABLE, running and queued work
@@ -154,18 +172,103 @@ def tls_credentials(config: Config) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+class ListenError(OSError):
+    """A port the daemon cannot have (in use, not permitted); `memserved` prints it on one line and exits 2."""
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Refuse a port another process listens on, with a message that names it and its flag, before gRPC
+    tries to bind it (gRPC would only log lines of its own)."""
+    if port <= 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # the server reports an address it cannot resolve
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no owner
+                probe.bind(address)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise ListenError(f"cannot listen on {host} port {port}: {_reason(exc)}; choose another {flag} "
+                                  "(0 picks a free one)") from None
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another process listens on it)"
+    return (exc.strerror or str(exc)).lower()
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, caught async-signal-safely; the first one stops the daemon, the rest are ignored.
+
+    Create it in the main thread before any other thread starts: it blocks both signals there, so every
+    thread started later (gRPC's, the metrics server's, the lanes') inherits the block and never takes one.
+    Python's C-level handler, in whichever thread the kernel picks (the main thread, or a native thread that
+    was already running: BLAS pools start when numpy is imported), only writes the signal number to a pipe
+    (signal.set_wakeup_fd); the Python-level handler does nothing. No lock is taken in a handler, so a burst
+    of signals cannot deadlock the main thread (a threading.Event set from the handler did), and no signal is
+    lost: one that arrives while the daemon starts is answered once it has started.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self._read, write = os.pipe()
+        os.set_blocking(write, False)  # a full pipe drops the byte: one is enough
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            signal.signal(sig, _ignore)  # never SIG_DFL again: a late SIGTERM must not kill a draining daemon
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def wait(self) -> signal.Signals:
+        """Block until the first SIGINT or SIGTERM (one that came during the start returns at once)."""
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)  # main thread only; a pending one arrives now
+        while True:
+            data = os.read(self._read, 1)
+            if data and data[0] in self.SIGNALS:
+                return signal.Signals(data[0])
+
+    def ignored(self) -> int:
+        """How many more of them arrived since wait() returned (a burst, as a process-group kill sends)."""
+        os.set_blocking(self._read, False)
+        n = 0
+        try:
+            while data := os.read(self._read, 4096):
+                n += sum(b in self.SIGNALS for b in data)
+        except BlockingIOError:
+            pass
+        return n
+
+
+def _ignore(signum, frame) -> None:
+    """The Python-level handler: all the work is the wakeup byte Python's C handler already wrote."""
+
+
 def run(config: Config) -> int:
-    daemon = Daemon(config)
-    daemon.start()
+    signals = StopSignals()  # before Daemon() starts any thread
+    daemon = None
+    try:
+        daemon = Daemon(config)
+        daemon.start()
+    except ListenError as err:
+        if daemon is not None:
+            daemon.server.stop(None)
+        print(f"memserved: {err}", file=sys.stderr, flush=True)
+        return 2
     metrics = f", metrics on {config.host}:{daemon.metrics_port}" if daemon.metrics_port else ""
     print(f"memserved listening on {config.host}:{daemon.port} "
           f"(device {daemon.device.name}, {daemon.device.capacity} bytes{metrics})", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("shutting down: finishing running and queued work for up to %s s", config.shutdown_grace)
+    sig = signals.wait()
+    log.info("%s: shutting down: finishing running and queued work for up to %s s", sig.name,
+             config.shutdown_grace)
     daemon.stop(config.shutdown_grace)
+    if ignored := signals.ignored():
+        log.info("%d more stop signals arrived during the drain and were ignored", ignored)
     log.info("stopped")
     return 0
 
