@@ -235,10 +235,12 @@ class _Builder:
         self.index: dict[str, int] = {}
         self.claimed: set[int] = set()
         self.on_device: set[str] = set()  # constants RUN steps or outputs read; the rest stay host VALUEs
+        self.members: dict[int, list[int]] = {}  # root -> the slots whose root it is (itself and its aliases)
 
     def add(self, name: str, info: TensorInfo, storage: str, root: int | None = None) -> int:
         i = len(self.slots)
         self.slots.append(TensorSlot(name, info, storage, i if root is None else root))
+        self.members.setdefault(i if root is None else root, []).append(i)
         self.index[name] = i
         return i
 
@@ -277,9 +279,8 @@ class _Builder:
         root = self.slots[i].root
         if self.slots[root].storage == WORK and root not in self.claimed:
             self.claimed.add(root)
-            for s in self.slots:
-                if s.root == root:
-                    s.storage = IO
+            for m in self.members[root]:
+                self.slots[m].storage = IO
             return i
         info = self.slots[i].info
         out = self.add(name, TensorInfo(info.dtype, info.shape), IO)
@@ -306,9 +307,10 @@ class _Builder:
                         or self.slots[src].info.shape != self.slots[out].info.shape
                         or self.slots[src].info.dtype != self.slots[out].info.dtype):
                     continue
-                for s in self.slots:  # the output, and any view of it, now live in the input's bytes
-                    if s.root == out:
-                        s.root = root
+                moved = self.members.pop(out)  # the output, and any view of it, now live in the input's bytes
+                for m in moved:
+                    self.slots[m].root = root
+                self.members[root].extend(moved)
                 last[root] = last.get(out, k)
                 break
 

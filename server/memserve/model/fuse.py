@@ -14,6 +14,7 @@ reader, and replaced by one node computing the same thing:
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 
@@ -31,6 +32,13 @@ class Rewriter:
             n for node, _, _ in walk.nodes for n in node.inputs if n)
         self.producer = {o: k for k, (node, _, phase) in enumerate(walk.nodes) if phase == "run" for o in node.outputs}
         self.dropped: set[int] = set()
+        # name -> positions of the nodes that read it, ascending; a superset once nodes are replaced,
+        # so `reading` checks each against the node now there.
+        self.positions: dict[str, list[int]] = {}
+        for k, (node, _, _) in enumerate(walk.nodes):
+            for n in dict.fromkeys(node.inputs):
+                if n:
+                    self.positions.setdefault(n, []).append(k)
 
     def run(self) -> None:
         for k, (node, _, phase) in enumerate(self.walk.nodes):
@@ -64,12 +72,17 @@ class Rewriter:
         node = self.walk.nodes[k][0]
         return (k, node) if node.op_type == op_type else None
 
+    def reading(self, name: str) -> list[tuple[int, Node]]:
+        """The nodes that read `name` now, in graph order."""
+        nodes = self.walk.nodes
+        return [(k, nodes[k][0]) for k in self.positions.get(name, ())
+                if k not in self.dropped and name in nodes[k][0].inputs]
+
     def only_reader(self, name: str, op_type: str) -> tuple[int, Node] | None:
         if not self.private(name):
             return None
-        for k, (node, _, phase) in enumerate(self.walk.nodes):
-            if k not in self.dropped and name in node.inputs:
-                return (k, node) if node.op_type == op_type and phase == "run" else None
+        for k, node in self.reading(name):
+            return (k, node) if node.op_type == op_type and self.walk.nodes[k][2] == "run" else None
         return None
 
     def add_const(self, name: str, value: np.ndarray) -> str:
@@ -81,6 +94,9 @@ class Rewriter:
         """Drop nodes `drop` and put `node` at position `at` (whose node is also replaced)."""
         self.dropped.update(d for d in drop if d != at)
         self.walk.nodes[at] = (node, lookup(node.domain, node.op_type), "run")
+        for n in dict.fromkeys(node.inputs):
+            if n and at not in self.positions.setdefault(n, []):
+                bisect.insort(self.positions[n], at)
 
     # -- patterns -------------------------------------------------------------------
 
@@ -113,7 +129,7 @@ class Rewriter:
         if sub is None or sub[1].inputs != [x, mean.outputs[0]] or self.readers[sub[1].outputs[0]] != 2:
             return
         d = sub[1].outputs[0]
-        readers = [(j, n) for j, (n, _, _) in enumerate(self.walk.nodes) if d in n.inputs and j not in self.dropped]
+        readers = self.reading(d)
         pow_ = next(((j, n) for j, n in readers if n.op_type == "Pow" and n.inputs[0] == d
                      and self.scalar(n.inputs[1]) == 2.0), None)
         div = next(((j, n) for j, n in readers if n.op_type == "Div" and n.inputs[0] == d), None)

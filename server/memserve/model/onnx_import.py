@@ -5,6 +5,7 @@ names the node: external data, subgraphs (control flow), ops without a kernel.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,19 +204,46 @@ def element_type(elem_type: int, what: str) -> np.dtype:
 
 
 def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
-    """Kahn's order; ONNX requires sorted graphs, but exporters do not all comply."""
+    """Kahn's order; ONNX requires sorted graphs, but exporters do not all comply.
+
+    The order is that of passes over the list, each taking, in list order, every node whose inputs
+    are known by then: a sorted list (the usual case, checked first) keeps its order. Otherwise it
+    is found in O(n log n): each node waits for a count of unknown inputs, and is queued by
+    (pass, position) when its last one becomes known."""
     known = set(available) | {""}
-    pending, ordered = list(nodes), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in known for i in n.inputs + n.captures):
-                ordered.append(n)
-                known.update(n.outputs)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            missing = sorted({i for n in rest for i in n.inputs + n.captures if i not in known})[:5]
-            raise ModelParseError(f"graph has a cycle or undefined tensors: {missing}")
-        pending = rest
+    for n in nodes:
+        if not all(i in known for i in n.inputs + n.captures):
+            return _kahn(nodes, available)
+        known.update(n.outputs)
+    return list(nodes)
+
+
+def _kahn(nodes: list[Node], available: set[str]) -> list[Node]:
+    """_topological's order for a list that is not sorted."""
+    known = set(available) | {""}
+    readers: dict[str, list[int]] = {}  # unknown name -> the nodes waiting for it
+    waiting = [0] * len(nodes)  # per node, how many of its distinct inputs are unknown
+    for k, n in enumerate(nodes):
+        for name in set(n.inputs + n.captures) - known:
+            readers.setdefault(name, []).append(k)
+            waiting[k] += 1
+    earliest = [1] * len(nodes)  # the first pass that could take each node, from its inputs known so far
+    queue = [(1, k) for k in range(len(nodes)) if not waiting[k]]  # sorted, so already a heap
+    ordered = []
+    while queue:
+        p, k = heapq.heappop(queue)
+        ordered.append(nodes[k])
+        for name in nodes[k].outputs:
+            if name in known:
+                continue
+            known.add(name)
+            for r in readers.pop(name, ()):  # known from node k in pass p: this pass for nodes after k
+                earliest[r] = max(earliest[r], p if r > k else p + 1)
+                waiting[r] -= 1
+                if not waiting[r]:
+                    heapq.heappush(queue, (earliest[r], r))
+    if len(ordered) < len(nodes):
+        rest = [n for k, n in enumerate(nodes) if waiting[k]]
+        missing = sorted({i for n in rest for i in n.inputs + n.captures if i not in known})[:5]
+        raise ModelParseError(f"graph has a cycle or undefined tensors: {missing}")
     return ordered
