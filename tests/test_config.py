@@ -32,6 +32,15 @@ def test_bad_settings_are_refused(tmp_path, capsys):
     assert "MEMSERVE_DEVICE_MEMORY" in capsys.readouterr().err
 
 
+def test_threads_default_to_one_and_negative_counts_are_refused(capsys):
+    assert (Config().threads, from_args([], {}).threads) == (1, 1)
+    assert from_args(["--threads", "0"], {}).threads == 0
+    for bad in (["--threads", "-1"], ["--threads", "all"]):
+        with pytest.raises(SystemExit):
+            from_args(bad, {})
+        assert "not a thread count" in capsys.readouterr().err
+
+
 def test_help_documents_every_setting():
     out = subprocess.run([sys.executable, "-m", "memserve", "--help"], capture_output=True, text=True).stdout
     for field in dataclasses.fields(Config):

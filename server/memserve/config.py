@@ -25,6 +25,17 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def _threads(text: str) -> int:
+    """--threads: a count of BLAS threads, 0 for the library's default."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count (0 for the BLAS default, or 1 and up)")
+    return n
+
+
 def default_device_memory() -> int:
     """Half of the host's RAM: the rest stays for the process and the OS."""
     try:
@@ -43,7 +54,9 @@ class Config:
     max_message_size: int = 64 * 2**20
     max_queue: int = 1024
     workers: int = 64
-    threads: int = 0  # BLAS threads per kernel call; 0 leaves numpy's default (all cores)
+    # BLAS threads per kernel call; 0 leaves numpy's default (all cores). 1 by default: with all
+    # cores, one busy process elsewhere made conv-heavy models several times slower (bench/busy.py)
+    threads: int = 1
     model_repository: str = ""
     metrics_port: int = 8000  # -1: no metrics endpoint; 0: a free port
     shutdown_grace: float = 30.0
@@ -74,8 +87,11 @@ def parser() -> argparse.ArgumentParser:
                    help="requests that may wait on one workspace (default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="gRPC handler threads (default %(default)s)")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="threads each kernel may use (BLAS); 0 keeps the library default of all cores")
+    p.add_argument("--threads", type=_threads, default=d.threads,
+                   help="BLAS threads each kernel call may use (default %(default)s: models run side by side "
+                        "on their lanes, and with all cores per call one other busy process made conv-heavy "
+                        "models several times slower, see docs/performance.md); 0 keeps the BLAS library's "
+                        "default of all cores, fastest for one large model on an otherwise idle machine")
     p.add_argument("--model-repository", default="", metavar="DIR",
                    help="Triton-style model repository (DIR/<name>/<version>/model.onnx and config.pbtxt): "
                         "every model in it is loaded at start, and RepositoryModelLoad (re)loads by name")

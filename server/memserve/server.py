@@ -38,7 +38,7 @@ class Daemon:
 
     def __init__(self, config: Config):
         self.config = config
-        if config.threads:
+        if config.threads > 0:  # default 1 (see config.py); 0 leaves the BLAS library's own default
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(config.threads)
