@@ -35,11 +35,24 @@ class Geometry:
     out: tuple[int, ...]
 
 
+def _ints(node: Node, name: str, default: list[int], lo: int) -> tuple[int, ...]:
+    """An INTS attribute of the length the input's rank needs, every entry at least `lo`."""
+    value = node.attrs.get(name)
+    value = list(default) if value is None else [int(v) for v in value]
+    if len(value) != len(default) or any(v < lo for v in value):
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): {name} {value} must have {len(default)} "
+                              f"entries of at least {lo}")
+    return tuple(value)
+
+
 def geometry(node: Node, spatial: tuple[int, ...], kernel: tuple[int, ...], ceil_mode: bool = False) -> Geometry:
     nd = len(spatial)
-    strides = tuple(node.attrs.get("strides", [1] * nd))
-    dilations = tuple(node.attrs.get("dilations", [1] * nd))
-    pads = list(node.attrs.get("pads", [0] * 2 * nd))
+    if nd == 0 or len(kernel) != nd or any(k < 1 for k in kernel):
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): kernel {list(kernel)} does not fit an input "
+                              f"with {nd} spatial dimensions {list(spatial)}")
+    strides = _ints(node, "strides", [1] * nd, 1)
+    dilations = _ints(node, "dilations", [1] * nd, 1)
+    pads = list(_ints(node, "pads", [0] * 2 * nd, 0))
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -84,11 +97,15 @@ def _positions(kernel):
 
 def _conv_parts(node, ins):
     x, w = ins[0], ins[1]
-    if len(x.shape) < 3:
-        raise InvalidArgument(f"node {node.name!r} (Conv): input must be N x C x spatial, got {x.shape}")
+    if len(x.shape) < 3 or len(w.shape) != len(x.shape):
+        raise InvalidArgument(f"node {node.name!r} (Conv): input must be N x C x spatial and weights M x C/group x "
+                              f"kernel, got {x.shape} and {w.shape}")
     groups = node.attrs.get("group", 1)
     kernel = tuple(node.attrs.get("kernel_shape", w.shape[2:]))
-    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+    if kernel != tuple(w.shape[2:]):  # the kernel loops run over these positions: the weights must hold them
+        raise InvalidArgument(f"node {node.name!r} (Conv): kernel_shape {list(kernel)} is not the weights' "
+                              f"{list(w.shape[2:])}")
+    if groups < 1 or x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
         raise InvalidArgument(f"node {node.name!r} (Conv): input {x.shape}, weights {w.shape} and group {groups} disagree")
     return x, w, groups, geometry(node, x.shape[2:], kernel)
 
@@ -195,10 +212,21 @@ def _convt_parts(node, ins):
     x, w = ins[0], ins[1]
     groups = node.attrs.get("group", 1)
     nd = len(x.shape) - 2
+    if nd < 1 or len(w.shape) != len(x.shape) or groups < 1 or x.shape[1] != w.shape[0] or x.shape[1] % groups:
+        raise InvalidArgument(f"node {node.name!r} (ConvTranspose): input {x.shape}, weights {w.shape} and group "
+                              f"{groups} disagree (input N x C x spatial, weights C x M/group x kernel)")
     kernel = tuple(node.attrs.get("kernel_shape", w.shape[2:]))
-    strides = tuple(node.attrs.get("strides", [1] * nd))
-    dilations = tuple(node.attrs.get("dilations", [1] * nd))
-    out_pad = tuple(node.attrs.get("output_padding", [0] * nd))
+    if kernel != tuple(w.shape[2:]):
+        raise InvalidArgument(f"node {node.name!r} (ConvTranspose): kernel_shape {list(kernel)} is not the "
+                              f"weights' {list(w.shape[2:])}")
+    strides = _ints(node, "strides", [1] * nd, 1)
+    dilations = _ints(node, "dilations", [1] * nd, 1)
+    out_pad = _ints(node, "output_padding", [0] * nd, 0)
+    _ints(node, "pads", [0] * 2 * nd, 0)
+    if "output_shape" in node.attrs and (len(node.attrs["output_shape"]) < nd
+                                         or any(int(v) < 1 for v in list(node.attrs["output_shape"])[-nd:])):
+        raise InvalidArgument(f"node {node.name!r} (ConvTranspose): output_shape {node.attrs['output_shape']} "
+                              f"does not give {nd} positive sizes")
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     full = [s * (i - 1) + op + e for s, i, op, e in zip(strides, x.shape[2:], out_pad, extent)]
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
@@ -211,6 +239,9 @@ def _convt_parts(node, ins):
         total = [f - o for f, o in zip(full, out)]
         begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
         pads = begin + [t - b for t, b in zip(total, begin)]
+    if any(o < 1 for o in out) or any(b < 0 for b in pads):
+        raise InvalidArgument(f"node {node.name!r} (ConvTranspose): output size {list(out)} (pads {pads}) is not "
+                              "positive")
     # The image is accumulated at full size (or larger, when output_shape asks for more) and cropped.
     canvas = tuple(max(f, b + o) for f, b, o in zip(full, pads[:nd], out))
     return x, w, groups, kernel, strides, dilations, tuple(pads[:nd]), canvas, tuple(out)
@@ -264,7 +295,15 @@ def _pool_geometry(node, ins) -> Geometry:
     x = ins[0]
     if len(ins) and node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
         raise UnsupportedModel(f"node {node.name!r} (MaxPool): the Indices output is not supported")
-    return geometry(node, x.shape[2:], tuple(node.attrs["kernel_shape"]), bool(node.attrs.get("ceil_mode", 0)))
+    if len(x.shape) < 3:
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): input must be N x C x spatial, got {x.shape}")
+    g = geometry(node, x.shape[2:], tuple(node.attrs["kernel_shape"]), bool(node.attrs.get("ceil_mode", 0)))
+    # The kernel runs a step per kernel position: a window may reach past the input by no more than the
+    # input's own size, so that a small input cannot ask for 2^40 positions behind 2^40 of padding.
+    if any(b > i or a > i for b, a, i in zip(g.pads_begin, g.pads_end, x.shape[2:])):
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): pads {list(g.pads_begin + g.pads_end)} are "
+                              f"larger than the input {list(x.shape[2:])}")
+    return g
 
 
 def _pool_infer(node, ins):

@@ -15,6 +15,17 @@ from ..errors import InvalidArgument
 from . import Node, OpDef, TensorInfo, register
 
 BOOL = np.dtype(bool)
+FLOATS = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))
+SIGNED = FLOATS | frozenset(np.dtype(t) for t in ("int8", "int16", "int32", "int64"))
+NUMERIC = SIGNED | frozenset(np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64"))
+ANY = NUMERIC | {BOOL}
+
+
+def check_dtype(node: Node, dtype: np.dtype, allowed: frozenset, what: str = "input") -> None:
+    """The types the op's ONNX schema allows; numpy would fail (or silently wrap) on the others."""
+    if dtype not in allowed:
+        names = ", ".join(sorted(d.name for d in allowed))
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): {what} type {dtype} is not one of {names}")
 
 
 def broadcast(node: Node, ins: list[TensorInfo | None]) -> tuple[int, ...]:
@@ -33,6 +44,15 @@ def _same_dtypes(node: Node, ins: list[TensorInfo | None]) -> np.dtype:
     return ins[0].dtype
 
 
+def _typed(infer, allowed: frozenset):
+    """infer, after checking the first input's type against the op's allowed types."""
+    def checked(node, ins):
+        check_dtype(node, ins[0].dtype, allowed)
+        return infer(node, ins)
+
+    return checked
+
+
 def _arith_infer(node, ins):
     return [TensorInfo(_same_dtypes(node, ins), broadcast(node, ins))]
 
@@ -43,7 +63,20 @@ def _compare_infer(node, ins):
 
 
 def _pow_infer(node, ins):  # the exponent may have another type
+    for k, i in enumerate(ins[:2]):
+        check_dtype(node, i.dtype, NUMERIC, "base" if k == 0 else "exponent")
     return [TensorInfo(ins[0].dtype, broadcast(node, ins))]
+
+
+def _build_pow(node, ins, outs):
+    if np.issubdtype(outs[0].dtype, np.integer):
+        # numpy refuses integers to negative integer powers; ONNX computes pow in floating point and casts.
+        def run(i, o):
+            with np.errstate(all="ignore"):
+                np.copyto(o[0], np.power(i[0].astype(np.float64), i[1].astype(np.float64)), casting="unsafe")
+
+        return run
+    return _binary(np.power)(node, ins, outs)
 
 
 def _same_infer(node, ins):
@@ -197,11 +230,14 @@ UNARY = {
 }
 # These read x again after they started writing out, so out must not be x.
 NOT_INPLACE = {"HardSwish", "LeakyRelu", "Gelu", "Softsign"}
+# Input types per the ONNX schemas (the rest of UNARY take floats only).
+UNARY_TYPES = {"Abs": NUMERIC, "Sign": NUMERIC, "Neg": SIGNED, "Relu": SIGNED}
 for _name, _fn in UNARY.items():
-    register(OpDef(_name, _same_infer, _unary(_fn), inplace=() if _name in NOT_INPLACE else (0,)))
+    register(OpDef(_name, _typed(_same_infer, UNARY_TYPES.get(_name, FLOATS)), _unary(_fn),
+                   inplace=() if _name in NOT_INPLACE else (0,)))
 
-register(OpDef("Not", _same_infer, _unary(_ufunc(np.logical_not))))
-register(OpDef("IsNaN", _bool_infer, _unary(_ufunc(np.isnan))))
+register(OpDef("Not", _typed(_same_infer, frozenset({BOOL})), _unary(_ufunc(np.logical_not))))
+register(OpDef("IsNaN", _typed(_bool_infer, FLOATS), _unary(_ufunc(np.isnan))))
 
 
 def _build_isinf(node, ins, outs):
@@ -214,22 +250,24 @@ def _build_isinf(node, ins, outs):
     return run
 
 
-register(OpDef("IsInf", _bool_infer, _build_isinf))
+register(OpDef("IsInf", _typed(_bool_infer, FLOATS), _build_isinf))
 
 for _name, _ufn in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply)):
-    register(OpDef(_name, _arith_infer, _binary(_ufn), inplace=(0, 1)))
-register(OpDef("Div", _arith_infer, _build_div, inplace=(0, 1)))
-register(OpDef("Mod", _arith_infer, _build_mod, inplace=(0, 1)))
-register(OpDef("Pow", _pow_infer, _binary(np.power), inplace=(0,)))
-register(OpDef("PRelu", _arith_infer, lambda n, i, o: (
+    register(OpDef(_name, _typed(_arith_infer, NUMERIC), _binary(_ufn), inplace=(0, 1)))
+register(OpDef("Div", _typed(_arith_infer, NUMERIC), _build_div, inplace=(0, 1)))
+register(OpDef("Mod", _typed(_arith_infer, NUMERIC), _build_mod, inplace=(0, 1)))
+register(OpDef("Pow", _pow_infer, _build_pow, inplace=(0,)))
+register(OpDef("PRelu", _typed(_arith_infer, SIGNED), lambda n, i, o: (
     lambda ii, oo: np.copyto(oo[0], np.where(ii[0] < 0, ii[0] * ii[1], ii[0]), casting="unsafe"))))
 for _name, _ufn in (("Equal", np.equal), ("Less", np.less), ("LessOrEqual", np.less_equal),
-                    ("Greater", np.greater), ("GreaterOrEqual", np.greater_equal),
-                    ("And", np.logical_and), ("Or", np.logical_or), ("Xor", np.logical_xor)):
-    register(OpDef(_name, _compare_infer, _binary(_ufn)))
+                    ("Greater", np.greater), ("GreaterOrEqual", np.greater_equal)):
+    register(OpDef(_name, _typed(_compare_infer, ANY), _binary(_ufn)))
+for _name, _ufn in (("And", np.logical_and), ("Or", np.logical_or), ("Xor", np.logical_xor)):
+    register(OpDef(_name, _typed(_compare_infer, frozenset({BOOL})), _binary(_ufn)))
 for _name, _ufn, _mean in (("Max", np.maximum, False), ("Min", np.minimum, False),
                            ("Sum", np.add, False), ("Mean", np.add, True)):
-    register(OpDef(_name, _arith_infer, _variadic(_ufn, _mean), inplace=(0,)))
+    register(OpDef(_name, _typed(_arith_infer, NUMERIC if _name in ("Max", "Min") else FLOATS),
+                   _variadic(_ufn, _mean), inplace=(0,)))
 
 
 def _clip_bounds(node, ins):
@@ -251,4 +289,4 @@ def _build_clip(node, ins, outs):
     return run
 
 
-register(OpDef("Clip", _same_infer, _build_clip, const_inputs=(1, 2), inplace=(0,)))
+register(OpDef("Clip", _typed(_same_infer, NUMERIC), _build_clip, const_inputs=(1, 2), inplace=(0,)))

@@ -90,6 +90,8 @@ for _name in REDUCERS:
 
 def _arg_infer(node, ins):
     x = ins[0]
+    if not x.shape:
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): input must have at least one dimension")
     axis = norm_axis(node, node.attrs.get("axis", 0), len(x.shape))
     keep = node.attrs.get("keepdims", 1)
     shape = tuple(1 if k == axis else d for k, d in enumerate(x.shape) if keep or k != axis)

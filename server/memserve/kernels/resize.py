@@ -5,6 +5,10 @@ For every resized axis the output coordinate is mapped back to the input
 input taps with weights: 1 tap for nearest, 2 for linear, 4 for cubic. The
 axes are applied one after another; intermediate results are numpy
 temporaries (this op is rare on the hot path of the models served here).
+Taps are computed, and gathered, a chunk of output positions at a time, so
+that the temporaries stay near CHUNK_ELEMENTS whatever the output's size: a
+tiny input asking for 2^28 outputs along one axis costs its output, not ten
+times it in float64 index and weight arrays.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import numpy as np
 
 from ..errors import InvalidArgument, UnsupportedModel
 from . import Node, OpDef, TensorInfo, register
+
+CHUNK_ELEMENTS = 1 << 20  # elements of one gathered (positions x taps x other dims) temporary
 
 
 def _value(info):
@@ -107,11 +113,13 @@ def _cubic(t: np.ndarray, a: float) -> np.ndarray:
                     np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0))
 
 
-def _taps(node, p, k: int, n_in: int, n_out: int):
-    """(indices, weights, outside) of shape (n_out, taps), (n_out, taps), (n_out,) for one axis."""
+def _taps(node, p, k: int, n_in: int, n_out: int, start: int = 0, stop: int | None = None):
+    """(indices, weights, outside) of shape (m, taps), (m, taps), (m,) for output positions start..stop
+    (m of them) of one axis."""
+    stop = n_out if stop is None else stop
     roi = (p["roi"][0][k], p["roi"][1][k]) if p["roi"] else None
-    x = _source(p["ctm"], np.arange(n_out, dtype=np.float64), p["scales"][k], n_in, n_out, roi)
-    outside = (x < 0) | (x > n_in - 1) if p["ctm"] == "tf_crop_and_resize" else np.zeros(n_out, bool)
+    x = _source(p["ctm"], np.arange(start, stop, dtype=np.float64), p["scales"][k], n_in, n_out, roi)
+    outside = (x < 0) | (x > n_in - 1) if p["ctm"] == "tf_crop_and_resize" else np.zeros(stop - start, bool)
     mode = p["mode"]
     if mode == "nearest":
         rounding = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
@@ -136,28 +144,45 @@ def _taps(node, p, k: int, n_in: int, n_out: int):
 def _build(node, ins, outs):
     p = _params(node, ins)
     shape = ins[0].shape
-    plans = []
+    resized = []  # (axis, index into p's per-axis lists, n_in, n_out)
     for k, (a, n_out) in enumerate(zip(p["axes"], p["sizes"])):
         n_in = shape[a]
         if n_in == n_out and p["scales"][k] == 1 and p["ctm"] != "tf_crop_and_resize":
             continue
-        plans.append((a, *_taps(node, p, k, n_in, n_out)))
+        if n_in == 0 and n_out > 0:
+            raise InvalidArgument(f"node {node.name!r} ({node.op_type}): cannot resize an empty axis {a} to {n_out}")
+        resized.append((a, k, n_in, n_out))
     extrapolation = node.attrs.get("extrapolation_value", 0.0)
+    taps = {"nearest": 1, "linear": 2}.get(p["mode"], 4)
 
     def run(i, o):
         y = i[0].astype(np.float64) if p["mode"] != "nearest" else i[0]
-        mask = None
-        for a, idx, w, outside in plans:
-            taken = np.take(y, idx, axis=a)  # (..., n_out, taps, ...)
-            if idx.shape[1] == 1:
-                y = taken.squeeze(a + 1)
-            else:
-                y = (taken * w.reshape(w.shape + (1,) * (taken.ndim - a - 2))).sum(axis=a + 1)
-            if outside.any():
-                m = outside.reshape((-1,) + (1,) * (y.ndim - a - 1))
-                mask = m if mask is None else (mask | m)
-        if mask is not None:
-            y = np.where(mask, extrapolation, y)
+        outside_axes = []  # (axis, positions outside the roi): extrapolated at the end, as one mask
+        for a, k, n_in, n_out in resized:
+            out_shape = y.shape[:a] + (n_out,) + y.shape[a + 1:]
+            res = np.empty(out_shape, y.dtype)
+            other = max(int(np.prod(out_shape, dtype=np.int64)) // max(n_out, 1), 1)
+            per = max(1, CHUNK_ELEMENTS // (other * taps))
+            outside_all = np.zeros(n_out, bool) if p["ctm"] == "tf_crop_and_resize" else None
+            lead = (slice(None),) * a
+            for c0 in range(0, n_out, per):
+                c1 = min(c0 + per, n_out)
+                idx, w, outside = _taps(node, p, k, n_in, n_out, c0, c1)
+                taken = np.take(y, idx, axis=a)  # (..., m, taps, ...)
+                if idx.shape[1] == 1:
+                    part = taken.squeeze(a + 1)
+                else:
+                    part = (taken * w.reshape(w.shape + (1,) * (taken.ndim - a - 2))).sum(axis=a + 1)
+                res[lead + (slice(c0, c1),)] = part
+                if outside_all is not None:
+                    outside_all[c0:c1] = outside
+            y = res
+            if outside_all is not None and outside_all.any():
+                outside_axes.append((a, outside_all))
+        if outside_axes:
+            y = np.array(y, copy=True) if y is i[0] else y
+            for a, outside in outside_axes:
+                y[(slice(None),) * a + (outside,)] = extrapolation
         if np.issubdtype(o[0].dtype, np.integer) and p["mode"] != "nearest":
             y = np.rint(y)
         np.copyto(o[0], y, casting="unsafe")

@@ -14,6 +14,16 @@ def count(shape) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
+MAX_RANK = 64  # numpy's limit: a tensor of more dimensions cannot be made, so its shape is refused
+
+
+def check_rank(node: Node, shape) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in shape)
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): {len(shape)} dimensions; at most {MAX_RANK}")
+    return shape
+
+
 def norm_axis(node: Node, axis: int, rank: int) -> int:
     if not -rank <= axis < max(rank, 1):
         raise InvalidArgument(f"node {node.name!r} ({node.op_type}): axis {axis} out of range for rank {rank}")
@@ -61,9 +71,9 @@ def _reshape_infer(node, ins):
         if known == 0 or count(x.shape) % known:
             raise InvalidArgument(f"node {node.name!r} (Reshape): cannot reshape {x.shape} to {dims}")
         dims[dims.index(-1)] = count(x.shape) // known
-    if count(dims) != count(x.shape):
+    if count(dims) != count(x.shape) or any(d < 0 for d in dims):
         raise InvalidArgument(f"node {node.name!r} (Reshape): cannot reshape {x.shape} to {dims}")
-    return [TensorInfo(x.dtype, tuple(dims))]
+    return [TensorInfo(x.dtype, check_rank(node, dims))]
 
 
 def _flatten_infer(node, ins):
@@ -92,8 +102,13 @@ def _squeeze_infer(node, ins):
 def _unsqueeze_infer(node, ins):
     x = ins[0]
     axes = attr_or_input(node, ins, "axes", 1, 13)
+    if axes is None:
+        raise InvalidArgument(f"node {node.name!r} (Unsqueeze): no axes")
     rank = len(x.shape) + len(axes)
+    check_rank(node, range(rank))
     axes = sorted(norm_axis(node, a, rank) for a in axes)
+    if len(set(axes)) != len(axes):
+        raise InvalidArgument(f"node {node.name!r} (Unsqueeze): axes {axes} repeat an axis")
     shape, it = [], iter(x.shape)
     for k in range(rank):
         shape.append(1 if k in axes else next(it))
@@ -145,11 +160,19 @@ def _size_infer(node, ins):
 
 def _cos_value(node) -> np.ndarray:
     t = node.attrs.get("value")
-    return numpy_helper.to_array(t).reshape(-1)[:1] if t is not None else np.zeros(1, np.float32)
+    if t is None:
+        return np.zeros(1, np.float32)
+    if t.data_location == t.EXTERNAL:  # never read a file a model names
+        raise InvalidArgument(f"node {node.name!r} (ConstantOfShape): value keeps its data in an external file")
+    value = numpy_helper.to_array(t).reshape(-1)
+    if value.size != 1 or value.dtype not in DTYPES:
+        raise InvalidArgument(f"node {node.name!r} (ConstantOfShape): value must be one element of a supported "
+                              f"type, got {value.size} of {value.dtype}")
+    return value
 
 
 def _constant_of_shape_infer(node, ins):
-    shape = tuple(ints(ins[0]))
+    shape = check_rank(node, ints(ins[0]))
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"node {node.name!r} (ConstantOfShape): negative dimension in {shape}")
     return [TensorInfo(_cos_value(node).dtype, shape)]
@@ -165,11 +188,26 @@ def _build_constant_of_shape(node, ins, outs):
 
 
 def _range_infer(node, ins):
-    start, limit, delta = (np.asarray(i.value).reshape(()) for i in ins)
+    values = [np.asarray(i.value) for i in ins]
+    if any(v.size != 1 for v in values) or len({v.dtype for v in values}) != 1:
+        raise InvalidArgument(f"node {node.name!r} (Range): start, limit and delta must be scalars of one type")
+    if values[0].dtype.kind == "f":
+        start, limit, delta = (float(v.reshape(())) for v in values)
+        if not all(np.isfinite([start, limit, delta])):
+            raise InvalidArgument(f"node {node.name!r} (Range): start {start}, limit {limit}, delta {delta} "
+                                  "must be finite")
+        with np.errstate(all="ignore"):
+            steps = np.float64(limit - start) / delta if delta else 0.0
+        if not np.isfinite(steps):
+            raise InvalidArgument(f"node {node.name!r} (Range): from {start} to {limit} by {delta} is too many "
+                                  "elements")
+        n = int(np.ceil(steps))
+    else:  # exactly, in Python ints: int64 arithmetic would wrap
+        start, limit, delta = (int(v.reshape(())) for v in values)
+        n = 0 if delta == 0 else -((start - limit) // delta)
     if delta == 0:
         raise InvalidArgument(f"node {node.name!r} (Range): delta is 0")
-    n = max(int(np.ceil((limit - start) / delta)), 0)
-    return [TensorInfo(ins[0].dtype, (n,))]
+    return [TensorInfo(ins[0].dtype, (max(n, 0),))]
 
 
 def _build_range(node, ins, outs):
@@ -305,6 +343,8 @@ def _build_slice(node, ins, outs):
 
 def _gather_infer(node, ins):
     data, idx = ins
+    if not data.shape:
+        raise InvalidArgument(f"node {node.name!r} (Gather): data must have at least one dimension")
     axis = norm_axis(node, node.attrs.get("axis", 0), len(data.shape))
     if not np.issubdtype(idx.dtype, np.integer):
         raise InvalidArgument(f"node {node.name!r} (Gather): indices must be integers, got {idx.dtype}")
@@ -326,7 +366,7 @@ def _build_gather(node, ins, outs):
 
 def _expand_infer(node, ins):
     try:
-        shape = np.broadcast_shapes(ins[0].shape, tuple(ints(ins[1])))
+        shape = np.broadcast_shapes(ins[0].shape, check_rank(node, ints(ins[1])))
     except ValueError:
         raise InvalidArgument(f"node {node.name!r} (Expand): {ins[0].shape} does not broadcast to {ints(ins[1])}") from None
     return [TensorInfo(ins[0].dtype, tuple(shape))]
@@ -407,6 +447,9 @@ def _build_pad(node, ins, outs):
 
 def _where_infer(node, ins):
     c, x, y = ins
+    if c.dtype != np.bool_ or x.dtype != y.dtype:
+        raise InvalidArgument(f"node {node.name!r} (Where): needs a bool condition and two inputs of one type, "
+                              f"got {c.dtype}, {x.dtype} and {y.dtype}")
     try:
         shape = np.broadcast_shapes(c.shape, x.shape, y.shape)
     except ValueError:
