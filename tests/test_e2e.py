@@ -159,7 +159,8 @@ def test_interrupted_upload_leaves_nothing(daemon, client):
 
 
 def test_limits(make_daemon):
-    d = make_daemon("--device-memory", "200KiB", "--max-model-size", "1MiB", "--max-message-size", "1MiB")
+    d = make_daemon("--device-memory", "200KiB", "--max-model-size", "1MiB", "--max-message-size", "1MiB",
+                    "--max-load-memory", "64MiB")
     with d.client() as c:
         e = _expect(lambda: c.load(chain_model(width=256, depth=1), name="x"), grpc.StatusCode.RESOURCE_EXHAUSTED,
                     200000, "needs")
@@ -195,6 +196,7 @@ def test_threads_flag_limits_blas_threads():
             "print(sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[1]", out.stderr
+
 
 def test_default_daemon_runs_blas_single_threaded_and_threads_0_keeps_the_library_default():
     """Default --threads is 1 (a busy neighbour makes all-core BLAS calls collapse, bench/busy.py);

@@ -35,8 +35,8 @@ def dtype_name(code: int) -> str:
 def to_proto(name: str, array: np.ndarray) -> pb.Tensor:
     a = np.asarray(array)
     code = dtype_to_pb(a.dtype)
-    a = np.ascontiguousarray(a, dtype=_TO_NUMPY[code])
-    return pb.Tensor(name=name, dtype=code, shape=a.shape, data=a.tobytes())
+    a = a.astype(_TO_NUMPY[code], copy=False)  # not ascontiguousarray: it makes a 0-d scalar 1-d
+    return pb.Tensor(name=name, dtype=code, shape=a.shape, data=a.tobytes())  # tobytes(): C order
 
 
 def from_proto(t: pb.Tensor) -> np.ndarray:

@@ -52,6 +52,7 @@ class Config:
     device_memory: int = 0  # 0: default_device_memory()
     max_model_size: int = 2 * 2**30
     max_message_size: int = 64 * 2**20
+    max_load_memory: int = 0  # 0: 4x --device-memory, at most the RAM
     max_queue: int = 1024
     workers: int = 64
     # BLAS threads per kernel call; 0 leaves numpy's default (all cores). 1 by default: with all
@@ -81,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
                    help="device memory capacity, e.g. 512MiB or 4GiB (default: half of RAM)")
     p.add_argument("--max-model-size", type=parse_size, default=d.max_model_size,
                    help="largest model upload accepted (default 2GiB)")
+    p.add_argument("--max-load-memory", type=parse_size, default=0,
+                   help="host memory that loads in flight may hold together: upload staging, the parsed model, "
+                        "folded constants (default: 4x --device-memory, at most the RAM); a load past it gets RESOURCE_EXHAUSTED")
     p.add_argument("--max-message-size", type=parse_size, default=d.max_message_size,
                    help="largest gRPC message accepted or sent (default 64MiB)")
     p.add_argument("--max-queue", type=int, default=d.max_queue,

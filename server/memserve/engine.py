@@ -11,17 +11,20 @@ built once, not per request, and never outlive the bytes they view.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from .device import Buffer
-from .kernels import Kernel
+from .errors import InvalidArgument, MemserveError, ResourceExhausted
+from .kernels import Kernel, Node
 from .model.plan import INPUT, IO, RUN, VALUE, WEIGHT, WORK, Plan
 from .pool import Workspace
 
 StepFn = Callable[[list], None]
+log = logging.getLogger("memserve.engine")
 Alloc = Callable[[int], Buffer]
 
 
@@ -30,6 +33,16 @@ class Binding:
     template: list  # one entry per slot, plus a trailing None for omitted inputs
     steps: list[StepFn]
     io: list[tuple[int, np.dtype, tuple[int, ...], int]]  # (slot, dtype, shape, nbytes) per output root
+    nodes: list[Node]  # the node of each step, for error messages
+
+
+def _step_error(node: Node | None, exc: Exception) -> MemserveError:
+    """A kernel failing on request data (an index out of range, say) is the request's problem."""
+    where = f"node {node.name!r} ({node.op_type})" if node is not None else "the model"
+    if isinstance(exc, MemoryError):
+        return ResourceExhausted(f"{where} ran out of host memory on this request")
+    log.info("execution failed in %s", where, exc_info=True)
+    return InvalidArgument(f"{where} failed on this request's inputs: {type(exc).__name__}: {exc}")
 
 
 class Executable:
@@ -55,11 +68,14 @@ class Executable:
                 buf = alloc(nbytes)
                 buffers.append(buf)
                 env[slot] = buf.array[:nbytes].view(dtype).reshape(shape)
-            for step in b.steps:
+            k = 0
+            for k, step in enumerate(b.steps):
                 step(env)
-        except BaseException:
+        except BaseException as exc:
             for buf in buffers:
                 buf.free()
+            if isinstance(exc, Exception) and not isinstance(exc, MemserveError):
+                raise _step_error(b.nodes[k] if k < len(b.nodes) else None, exc) from None
             raise
         return [env[spec.slot] for spec in self.plan.outputs], buffers
 
@@ -87,18 +103,28 @@ class Executable:
             elif slot.storage == VALUE:
                 env[i] = info.value
         steps: list[StepFn] = []
+        nodes: list[Node] = []
         for step in plan.steps:
             if step.phase != RUN:
                 continue
             if not step.op.alias:
                 ins = [infos[i] if i >= 0 else None for i in step.inputs]
                 outs = [infos[i] for i in step.outputs]
-                steps.append(_call(step.op.build(step.node, ins, outs), step.inputs, step.outputs + step.scratch))
+                try:
+                    fn = step.op.build(step.node, ins, outs)
+                except MemserveError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the model's content, at this batch size
+                    raise _step_error(step.node, exc) from None
+                steps.append(_call(fn, step.inputs, step.outputs + step.scratch))
             elif plan.tensors[step.outputs[0]].storage in (INPUT, IO):
                 steps.append(_alias(step.inputs[0], step.outputs[0], infos[step.outputs[0]].shape))
+            else:
+                continue
+            nodes.append(step.node)
         io = [(i, infos[i].dtype, infos[i].shape, infos[i].nbytes)
               for i, s in enumerate(plan.tensors) if s.storage == IO and s.root == i]
-        return Binding(env, steps, io)
+        return Binding(env, steps, io, nodes)
 
 
 def _view(block: np.ndarray, offset: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

@@ -7,12 +7,15 @@ shared buffers); executions only take a lane of the model.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import budget, limits
+from .budget import LoadBudget
 from .device import Device, align_up
 from .engine import Executable
 from .errors import (AlreadyExists, Cancelled, FailedPrecondition, InvalidArgument, MemserveError, NotFound,
@@ -48,6 +51,24 @@ class LoadOptions:
 
     def compile_options(self) -> CompileOptions:
         return CompileOptions(self.max_batch, dict(self.input_shapes))
+
+    def check(self) -> None:
+        """Every option within its documented bound (limits.py), before any work is done."""
+        limits.check_name(self.name)
+        limits.check_range("max_batch", self.max_batch, 0, limits.MAX_BATCH)
+        limits.check_range("instances", self.instances, 1, limits.MAX_INSTANCES)
+        if self.workspace not in ("private", "", AUTO) and not self.workspace.startswith("shared:"):
+            raise InvalidArgument(f"workspace must be 'private', 'auto' or 'shared:<group>', got {self.workspace!r}")
+        for name, dims in self.input_shapes.items():
+            shape = limits.check_shape(f"input_shapes[{name[:64]!r}]", dims)
+            if shape:
+                limits.check_range(f"input_shapes[{name[:64]!r}] batch", shape[0], 0, limits.MAX_BATCH)
+        b = self.batching
+        if b is not None:
+            limits.check_range("max_queue_delay_us", b.max_queue_delay_us, 0, limits.MAX_QUEUE_DELAY_US)
+            if len(b.preferred_batch_sizes) > limits.MAX_PREFERRED_BATCH_SIZES:
+                raise InvalidArgument(f"at most {limits.MAX_PREFERRED_BATCH_SIZES} preferred batch sizes, got "
+                                      f"{len(b.preferred_batch_sizes)}")
 
 
 @dataclass(eq=False)
@@ -100,8 +121,10 @@ class Pending:
 
 
 class Registry:
-    def __init__(self, device: Device, max_queue: int = 1024, metrics: Metrics | None = None):
+    def __init__(self, device: Device, max_queue: int = 1024, metrics: Metrics | None = None,
+                 max_load_memory: int = 0):
         self.device = device
+        self.budget = LoadBudget(max_load_memory or default_load_memory(device.capacity))
         self.metrics = metrics
         self.context = device.context
         self.weights = WeightStore(device)
@@ -117,12 +140,22 @@ class Registry:
 
     # -- admin ------------------------------------------------------------
 
-    @staticmethod
-    def query_size(data: bytes, options: LoadOptions) -> Plan:
+    def load_job(self, alive=None, deadline: float | None = None) -> budget.LoadJob:
+        """The budget and lifetime of one load: enter it around the upload and the load."""
+        return self.budget.job(alive, deadline)
+
+    def query_size(self, data: bytes, options: LoadOptions) -> Plan:
         """Plan the model without allocating anything (aclmdlQuerySizeFromMem)."""
-        plan = compile_model(data, options.compile_options())
+        options.check()
+        with self._job():
+            plan = compile_model(data, options.compile_options())
         plan.release_staging()
         return plan
+
+    def _job(self) -> budget.LoadJob:
+        """The caller's job if it entered one, else a job of this call's own."""
+        job = budget.current()
+        return job.nested() if job is not None else self.budget.job()
 
     def load(self, data: bytes, options: LoadOptions, model_id: int | None = None, *,
              persist: bool = True) -> LoadedModel:
@@ -131,7 +164,9 @@ class Registry:
         start = time.perf_counter()
         self._check_serving()
         try:
-            model = self._load(data, options, start, model_id, persist)
+            options.check()
+            with self._job():
+                model = self._load(data, options, start, model_id, persist)
         except MemserveError as err:
             if self.metrics:
                 self.metrics.load_failures.labels(err.reason).inc()
@@ -145,8 +180,6 @@ class Registry:
 
     def _load(self, data: bytes, options: LoadOptions, start: float, restore_id: int | None,
               persist: bool) -> LoadedModel:
-        if options.instances < 1:
-            raise InvalidArgument(f"instances must be at least 1, got {options.instances}")
         if options.instances > 1 and options.workspace not in ("private", "", AUTO):
             raise InvalidArgument("instances > 1 need private workspaces (workspace='private' or 'auto')")
         if not options.replace:
@@ -161,6 +194,7 @@ class Registry:
             if old is not None and not options.replace:
                 self._check_name(name)
             mode, note = self._admit(plan, options, model_id)
+            budget.checkpoint()  # a caller that left never gets an id: commit nothing for it
             model = self._allocate(model_id, name, plan, options, mode)
             model.note = note + (f"; replaces model {old}, which finishes its queue and unloads" if old else "")
             model.load_time_us = int((time.perf_counter() - start) * 1e6)
@@ -226,15 +260,21 @@ class Registry:
         """Take weights and workspaces; on any failure give back what was taken (I4)."""
         weights, shared = self.weights.acquire(model_id, plan)
         joined: list[Workspace] = []
+        lanes: list[Lane] = []
         try:
             for k in range(options.instances):
                 joined.append(self.pool.join(model_id, mode, plan.work_size, k))
-        except BaseException:
+            for ws in joined:
+                lanes.append(self.scheduler.lane(ws))  # starts a thread: it may fail too
+        except BaseException as exc:
             for ws in joined:
                 self.pool.leave(model_id, ws)
+                if not ws.members:
+                    self.scheduler.retire(ws)
             self.weights.release(model_id, plan.weight_digest)
+            if isinstance(exc, RuntimeError):  # "can't start new thread"
+                raise ResourceExhausted(f"could not start a lane for the model: {exc}") from None
             raise
-        lanes = [self.scheduler.lane(ws) for ws in joined]
         for lane in lanes:
             lane.admit(model_id)
         model = LoadedModel(model_id, name, plan, Executable(plan, weights), joined, lanes, options, shared)
@@ -357,6 +397,16 @@ class Registry:
             self.metrics.batch_rows.labels(model.name).observe(rows)
         return [ExecuteResult(t, int((r.started - r.enqueued) * 1e6), int((done - r.started) * 1e6))
                 for t, r in zip(results, reqs)]
+
+
+def default_load_memory(capacity: int) -> int:
+    """Host bytes loads in flight may hold together (budget.py) unless --max-load-memory says: enough for
+    a model as large as the device (upload, parsed model and weights: about 4x its size), at most the RAM."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        ram = 4 * capacity
+    return min(4 * capacity, ram)
 
 
 def _check_batchable(plan: Plan, b: Batching) -> None:

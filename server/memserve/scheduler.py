@@ -8,6 +8,15 @@ round-robin, each in arrival order, so no model starves another. A request
 that was cancelled, whose deadline passed, or whose model is being unloaded
 is dropped before it runs (I6, I7).
 
+Overload sheds early. A lane keeps a moving average of how long one of its
+executions takes; a request with a deadline that the work queued ahead of it
+(at its priority or higher) cannot let it meet is refused at once with
+RESOURCE_EXHAUSTED, instead of waiting to expire; and a request that reaches
+the front of the queue with less time left than an execution takes is
+dropped with DEADLINE_EXCEEDED, so that no execution is spent on an answer
+that would come too late. An idle lane always runs what it is given, so
+that its estimate keeps being refreshed.
+
 Dynamic batching: a request that allows it (`batch_limit` rows) takes the
 requests of the same model and priority queued behind it, up to the limit,
 and, when it may wait (`batch_delay`), waits until that many rows (or the
@@ -17,6 +26,7 @@ as one execution.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from concurrent.futures import Future
@@ -58,6 +68,11 @@ class LaneQueue:
         self._levels: list[collections.OrderedDict[int, collections.deque[Request]]] = [
             collections.OrderedDict() for _ in range(PRIORITIES)]
         self._len = 0
+        self._counts = [0] * PRIORITIES  # queued requests per priority
+
+    def ahead(self, priority: int) -> int:
+        """Queued requests that run before a new one of `priority`."""
+        return sum(self._counts[: priority + 1])
 
     def __len__(self) -> int:
         return self._len
@@ -65,6 +80,7 @@ class LaneQueue:
     def push(self, req: Request) -> None:
         self._levels[req.priority].setdefault(req.model_id, collections.deque()).append(req)
         self._len += 1
+        self._counts[req.priority] += 1
 
     def pop(self) -> Request:
         for level in self._levels:
@@ -75,6 +91,7 @@ class LaneQueue:
                 if fifo:  # back of the line: the next model at this priority goes first
                     level[model_id] = fifo
                 self._len -= 1
+                self._counts[req.priority] -= 1
                 return req
         raise IndexError("pop from an empty lane queue")
 
@@ -86,6 +103,7 @@ class LaneQueue:
         if not fifo:
             del self._levels[req.priority][req.model_id]
         self._len -= 1
+        self._counts[req.priority] -= 1
         return True
 
     def take_more(self, first: Request, rows: int) -> list[Request]:
@@ -99,12 +117,15 @@ class LaneQueue:
         if fifo is not None and not fifo:
             del self._levels[first.priority][first.model_id]
         self._len -= len(taken)
+        self._counts[first.priority] -= len(taken)
         return taken
 
     def remove_model(self, model_id: int) -> list[Request]:
         dropped = []
-        for level in self._levels:
-            dropped += level.pop(model_id, ())
+        for priority, level in enumerate(self._levels):
+            fifo = level.pop(model_id, ())
+            self._counts[priority] -= len(fifo)
+            dropped += fifo
         self._len -= len(dropped)
         return dropped
 
@@ -116,6 +137,7 @@ class LaneQueue:
         for level in self._levels:
             level.clear()
         self._len = 0
+        self._counts = [0] * PRIORITIES
         return dropped
 
 
@@ -130,6 +152,9 @@ class Lane:
         self._models: set[int] = set()  # models that may queue here
         self._retiring = 0  # threads waiting in retire_model for a running request to finish
         self._closed = False
+        self.execution_seconds = 0.0  # moving average of one execution; 0 until the first one
+        self.shed = 0  # requests refused because they could not meet their deadline
+        self.expired = 0  # requests dropped because their deadline passed (or would) before they ran
         self._thread = threading.Thread(target=self._work, name=f"lane[{workspace.name}]", daemon=True)
         self._thread.start()
 
@@ -145,6 +170,7 @@ class Lane:
             if self._closed:
                 raise Unavailable(f"workspace {self.workspace.name} is closing; retry")
             inline = not self._queue and self._running is None and req.batch_delay <= 0
+            self._shed_if_late(req)
             if inline:
                 self._running = req
             elif len(self._queue) >= self.max_queue:
@@ -160,6 +186,24 @@ class Lane:
                     self._run([req])
             finally:
                 self._done()
+
+    def _shed_if_late(self, req: Request) -> None:
+        """Refuse a request its deadline cannot be met for, given the work ahead of it (lock held)."""
+        each = self.execution_seconds
+        if req.deadline is None or each <= 0:
+            return
+        ahead = self._queue.ahead(req.priority)
+        if not ahead and self._running is None:
+            return  # an idle lane always tries: its estimate is only refreshed by executions
+        if req.batch_limit > req.rows:  # queued requests of a batching model run several at a time
+            ahead = math.ceil(ahead / max(1, req.batch_limit // max(req.rows, 1)))
+        expected = time.monotonic() + (ahead + (self._running is not None) + 1) * each
+        if expected > req.deadline:
+            self.shed += 1
+            raise ResourceExhausted(
+                f"workspace {self.workspace.name} cannot run this request before its deadline: {ahead} executions "
+                f"of about {each * 1e3:.1f} ms are ahead of it; retry later, on another replica, or with a "
+                "longer deadline")
 
     def cancel(self, req: Request, error: MemserveError) -> bool:
         """Fail a request that has not started; False if it already runs or ran."""
@@ -253,12 +297,16 @@ class Lane:
 
     def _run(self, batch: list[Request]) -> None:
         now = time.monotonic()
+        # Under load (work waits behind this), an execution that would end after its deadline is not started.
+        margin = self.execution_seconds if len(self._queue) else 0.0
         live = []
         for req in batch:
             if req.future.done():  # cancelled by its caller after we dequeued it
                 continue
-            if req.deadline is not None and now > req.deadline:
-                req.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+            if req.deadline is not None and now + margin > req.deadline:
+                self.expired += 1
+                why = "passed" if now > req.deadline else "would pass before an execution ends"
+                req.future.set_exception(DeadlineExceeded(f"deadline {why} while the request was queued"))
                 continue
             live.append(req)
         if not live:
@@ -277,6 +325,8 @@ class Lane:
                 return
             finally:
                 ws.exit()
+                took = time.perf_counter() - started
+                self.execution_seconds = took if not self.execution_seconds else 0.8 * self.execution_seconds + 0.2 * took
         for req, result in zip(live, results):
             req.future.set_result(result)
 

@@ -20,6 +20,7 @@ from memserve_client.pb.memserve.v1 import memserve_pb2, memserve_pb2_grpc
 from .api.auth import TokenInterceptor, read_token
 from .api.kserve import KServeServicer, load_options
 from .api.native import NativeServicer
+from .api.streams import StreamLimit
 from .config import Config
 from .device import make_device
 from .errors import InvalidArgument, MemserveError
@@ -44,7 +45,7 @@ class Daemon:
             threadpool_limits(config.threads)
         self.device = make_device(config.device, config.device_memory)
         self.metrics = Metrics()
-        self.registry = Registry(self.device, config.max_queue, self.metrics)
+        self.registry = Registry(self.device, config.max_queue, self.metrics, config.max_load_memory)
         self.metrics.watch(self.registry)
         self.health = health.HealthServicer()
         limit = config.max_message_size
@@ -58,10 +59,12 @@ class Daemon:
                      ("grpc.so_reuseport", 0)],
             interceptors=interceptors,
         )
+        # Streams hold a worker thread while open: half the workers stay free for unary calls.
+        streams = StreamLimit(max(1, config.workers // 2))
         memserve_pb2_grpc.add_MemserveServicer_to_server(
-            NativeServicer(self.registry, config.max_model_size), self.server)
+            NativeServicer(self.registry, config.max_model_size, streams), self.server)
         repository = ModelRepository(config.model_repository) if config.model_repository else None
-        self.kserve = KServeServicer(self.registry, repository)
+        self.kserve = KServeServicer(self.registry, repository, streams)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

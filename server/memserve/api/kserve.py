@@ -19,12 +19,13 @@ from memserve_client.pb.inference import grpc_service_pb2 as pb
 from memserve_client.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from memserve_client.pb.inference import model_config_pb2 as mc
 
-from .. import __version__
-from ..errors import InputMismatch, InvalidArgument, MemserveError, NotFound, UnsupportedModel
-from ..registry import Batching, LoadedModel, LoadOptions, Registry
-from .native import deadline
+from .. import __version__, budget, limits
+from ..errors import InvalidArgument, MemserveError, NotFound, UnsupportedModel
+from ..registry import Batching, LoadedModel, LoadOptions, Pending, Registry
+from . import decode
+from .calls import deadline, load_for_call
 from .status import counted, handle_errors
-from .streams import pipelined
+from .streams import StreamLimit, pipelined
 
 log = logging.getLogger("memserve.api")
 VERSION = "1"
@@ -45,8 +46,9 @@ def datatype(dtype: np.dtype) -> str:
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, registry: Registry, repository=None):
+    def __init__(self, registry: Registry, repository=None, streams: StreamLimit | None = None):
         self.registry = registry
+        self.streams = streams
         self.metrics = registry.metrics
         self.repository = repository
         self.serving = True
@@ -93,46 +95,45 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     @counted("kserve", lambda self, r: r.model_name)
     @handle_errors
     def ModelInfer(self, request, context):
-        model, arrays, wanted, raw = self._decode(request)
-        pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)), _priority(request))
+        model, pending, wanted, raw = self._submit(request, context)
         context.add_callback(pending.cancel)
         return infer_response(request, model, pending.result(), wanted, raw)
 
     def ModelStreamInfer(self, request_iterator, context):
-        submitted = []
-        context.add_callback(lambda: [p.cancel() for p in list(submitted)])
+        """Submit requests as they arrive; answer each as it finishes, errors with their request's id."""
+        calls: dict[int, tuple] = {}
 
-        def fail(err: BaseException, request, start) -> pb.ModelStreamInferResponse:
-            message = err.message if isinstance(err, MemserveError) else f"internal error: {err}"
-            status = err.code.name if isinstance(err, MemserveError) else "INTERNAL"
-            return self._counted(request, pb.ModelStreamInferResponse(error_message=message), status, start)
+        def submit(request: pb.ModelInferRequest) -> Pending:
+            calls[id(request)] = (time.perf_counter(), None)
+            model, pending, wanted, raw = self._submit(request, context)
+            calls[id(request)] = (calls[id(request)][0], (model, wanted, raw))
+            return pending
 
-        def handle(request: pb.ModelInferRequest, answer) -> None:
-            start = time.perf_counter()
-            try:
-                model, arrays, wanted, raw = self._decode(request)
-                pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)),
-                                               _priority(request))
-            except MemserveError as err:
-                answer(fail(err, request, start))
-                return
-            submitted.append(pending)
+        def respond(request: pb.ModelInferRequest, result) -> pb.ModelStreamInferResponse:
+            start, (model, wanted, raw) = calls.pop(id(request))
+            response = infer_response(request, model, result, wanted, raw)
+            return self._counted(request, pb.ModelStreamInferResponse(infer_response=response), "OK", start)
 
-            def done(f) -> None:
-                if f.exception() is not None:
-                    answer(fail(f.exception(), request, start))
-                else:
-                    response = infer_response(request, model, f.result(), wanted, raw)
-                    answer(self._counted(request, pb.ModelStreamInferResponse(infer_response=response), "OK", start))
+        def fail(request: pb.ModelInferRequest, err: MemserveError) -> pb.ModelStreamInferResponse:
+            start, _ = calls.pop(id(request), (time.perf_counter(), None))
+            # As Triton does: the error, and the request's id and model so the client can match it.
+            response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
+                                             id=request.id)
+            return self._counted(request, pb.ModelStreamInferResponse(error_message=err.message,
+                                                                      infer_response=response),
+                                 err.code.name, start)
 
-            pending.request.future.add_done_callback(done)
-
-        return pipelined(request_iterator, handle, "model-stream-infer")
+        return pipelined(request_iterator, context, submit, respond, fail, "model-stream-infer", self.streams)
 
     def _counted(self, request, response, status: str, start: float):
         if self.metrics is not None:
             self.metrics.request(request.model_name, "kserve-stream", status, time.perf_counter() - start)
         return response
+
+    def _submit(self, request: pb.ModelInferRequest, context) -> tuple[LoadedModel, Pending, list[str], bool]:
+        model, arrays, wanted, raw = self._decode(request)
+        pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)), _priority(request))
+        return model, pending, wanted, raw
 
     def _decode(self, request: pb.ModelInferRequest):
         model = self._model(request.model_name, request.model_version)
@@ -140,16 +141,13 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         if raw and len(request.raw_input_contents) != len(request.inputs):
             raise InvalidArgument(f"{len(request.inputs)} inputs but {len(request.raw_input_contents)} "
                                   "raw_input_contents; send one raw buffer per input, or none")
-        arrays = {}
-        for k, t in enumerate(request.inputs):
-            if t.name in arrays:
-                raise InputMismatch(f"input {t.name!r} is given twice")
-            arrays[t.name] = decode_tensor(t, request.raw_input_contents[k] if raw else None)
+        arrays = decode.named((t.name, decode_tensor(t, request.raw_input_contents[k] if raw else None))
+                              for k, t in enumerate(request.inputs))
         known = {s.name for s in model.plan.outputs}
         wanted = [o.name for o in request.outputs]
         unknown = sorted(set(wanted) - known)
         if unknown:
-            raise InvalidArgument(f"model {model.name!r} has no outputs {unknown}; it has {sorted(known)}")
+            raise InvalidArgument(f"model {model.name!r} has no outputs {unknown[:8]}; it has {sorted(known)}")
         return model, arrays, wanted, raw
 
     # -- repository ------------------------------------------------------------------
@@ -165,8 +163,14 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @handle_errors
     def RepositoryModelLoad(self, request, context):
+        model = load_for_call(self.registry, context, lambda: self._repository_load(request))
+        log.info("repository load of %s: model id %d", request.model_name, model.id)
+        return pb.RepositoryModelLoadResponse()
+
+    def _repository_load(self, request) -> LoadedModel:
         params = request.parameters
         files = {k[len("file:"):]: p.bytes_param for k, p in params.items() if k.startswith("file:")}
+        budget.charge(sum(len(v) for v in files.values()), "the model upload")
         config = mc.ModelConfig()
         if "config" in params:
             try:
@@ -185,8 +189,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             raise InvalidArgument("send the model as parameter 'file:1/model.onnx' (memserved has no "
                                   "--model-repository to load it from)")
-        self.registry.load(data, load_options(request.model_name, config))
-        return pb.RepositoryModelLoadResponse()
+        return self.registry.load(data, load_options(request.model_name, config))
 
     @handle_errors
     def RepositoryModelUnload(self, request, context):
@@ -209,37 +212,37 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self.registry.get(name)
 
 
+def _int_parameter(request: pb.ModelInferRequest, name: str, high: int) -> int:
+    """An integer request parameter (int64 or uint64, as clients send either), within 0..high."""
+    p = request.parameters.get(name)
+    if p is None:
+        return 0
+    which = p.WhichOneof("parameter_choice")
+    if which not in ("int64_param", "uint64_param"):
+        raise InvalidArgument(f"parameter {name!r} must be an integer, got {which or 'nothing'}")
+    return limits.check_range(f"parameter {name!r}", getattr(p, which), 0, high)
+
+
 def _priority(request: pb.ModelInferRequest) -> int:
     """Triton's priority: 0 is the default, 1 the highest; memserve's levels are 0 (highest) to 7."""
-    p = request.parameters.get("priority")
-    value = 0 if p is None else (p.uint64_param or p.int64_param)
-    return min(max(value - 1, 0), 7)
+    return min(max(_int_parameter(request, "priority", 2**63 - 1) - 1, 0), 7)
 
 
 def _timeout_us(request: pb.ModelInferRequest) -> int:
-    p = request.parameters.get("timeout")
-    return 0 if p is None else (p.uint64_param or p.int64_param)
+    return _int_parameter(request, "timeout", limits.MAX_TIMEOUT_US)
 
 
 def decode_tensor(t, raw: bytes | None) -> np.ndarray:
     if t.datatype not in DATATYPES:
-        raise InvalidArgument(f"input {t.name!r}: datatype {t.datatype!r} is not supported; use one of "
+        raise InvalidArgument(f"input {t.name[:64]!r}: datatype {t.datatype[:32]!r} is not supported; use one of "
                               f"{sorted(DATATYPES)}")
     dtype = np.dtype(DATATYPES[t.datatype][0])
-    shape = tuple(t.shape)
-    count = int(np.prod(shape, dtype=np.int64))
     if raw is not None:
-        if len(raw) != count * dtype.itemsize:
-            raise InputMismatch(f"input {t.name!r} has {len(raw)} raw bytes; {t.datatype} {list(shape)} needs "
-                                f"{count * dtype.itemsize}")
-        return np.frombuffer(raw, dtype).reshape(shape)
+        return decode.tensor(t.name, dtype, t.shape, raw=raw)
     field = DATATYPES[t.datatype][1]
     if field is None:
-        raise InvalidArgument(f"input {t.name!r}: {t.datatype} travels only as raw_input_contents")
-    values = getattr(t.contents, field)
-    if len(values) != count:
-        raise InputMismatch(f"input {t.name!r} has {len(values)} values; shape {list(shape)} needs {count}")
-    return np.asarray(values, dtype=dtype).reshape(shape)
+        raise InvalidArgument(f"input {t.name[:64]!r}: {t.datatype} travels only as raw_input_contents")
+    return decode.tensor(t.name, dtype, t.shape, values=getattr(t.contents, field))
 
 
 def infer_response(request, model: LoadedModel, result, wanted: list[str], raw: bool) -> pb.ModelInferResponse:

@@ -6,19 +6,21 @@ import time
 from typing import Iterator
 
 import grpc
-import numpy as np
 
 from memserve_client import tensors
 from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
-from ..errors import Cancelled, InputMismatch, InternalError, InvalidArgument, MemserveError, ResourceExhausted
+from .. import budget, limits
+from ..errors import Cancelled, InputMismatch, InvalidArgument, MemserveError, ResourceExhausted
 from ..model import IOSpec, Plan
 from ..model.plan import RUN
 from ..pool import Workspace
 from ..registry import Batching, ExecuteResult, LoadedModel, LoadOptions, ModelRef, Pending, Registry
+from . import decode
+from .calls import deadline, load_for_call
 from .status import counted, handle_errors
-from .streams import pipelined
+from .streams import StreamLimit, pipelined
 
 _CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 
@@ -26,25 +28,27 @@ log = logging.getLogger("memserve.api")
 
 
 class NativeServicer(pb_grpc.MemserveServicer):
-    def __init__(self, registry: Registry, max_model_size: int):
+    def __init__(self, registry: Registry, max_model_size: int, streams: StreamLimit | None = None):
         self.registry = registry
         self.max_model_size = max_model_size
         self.metrics = registry.metrics
+        self.streams = streams
 
     @handle_errors
     def Load(self, request_iterator, context):
-        options, data = read_upload(request_iterator, context, self.max_model_size)
-        model = self.registry.load(data, options)
-        if not context.is_active():  # the client left: it never learns the id, so nothing may stay
-            self.registry.unload(model.id)
-            raise Cancelled("client cancelled the load")
+        def load() -> LoadedModel:
+            options, data = read_upload(request_iterator, context, self.max_model_size)
+            return self.registry.load(data, options)
+
+        model = load_for_call(self.registry, context, load)
         return pb.LoadResponse(model=model_info(model), load_time_us=model.load_time_us,
                                weights_shared=model.weights_shared, note=model.note)
 
     @handle_errors
     def QuerySize(self, request_iterator, context):
-        options, data = read_upload(request_iterator, context, self.max_model_size)
-        plan = self.registry.query_size(data, options)
+        with self.registry.load_job(alive=context.is_active, deadline=deadline(context)):
+            options, data = read_upload(request_iterator, context, self.max_model_size)
+            plan = self.registry.query_size(data, options)
         return pb.QuerySizeResponse(
             sizes=size_info(plan), inputs=tensor_descs(plan.inputs), outputs=tensor_descs(plan.outputs),
             placements=[pb.Placement(name=p.name, offset=p.offset, size=p.nbytes, first_step=p.first,
@@ -69,21 +73,19 @@ class NativeServicer(pb_grpc.MemserveServicer):
 
     def ExecuteStream(self, request_iterator, context):
         """Submit requests as they arrive; answer each as it finishes, errors included."""
-        submitted: list[Pending] = []
-        context.add_callback(lambda: [p.cancel() for p in list(submitted)])
+        started: dict[int, float] = {}
 
-        def handle(request: pb.ExecuteRequest, answer) -> None:
-            start = time.perf_counter()
-            try:
-                pending = self._submit(request, context)
-            except MemserveError as err:
-                answer(self._counted(request, error_response(request.id, err), start))
-                return
-            submitted.append(pending)
-            pending.request.future.add_done_callback(
-                lambda f: answer(self._counted(request, future_response(request.id, f), start)))
+        def submit(request: pb.ExecuteRequest) -> Pending:
+            started[id(request)] = time.perf_counter()
+            return self._submit(request, context)
 
-        return pipelined(request_iterator, handle, "execute-stream")
+        def respond(request: pb.ExecuteRequest, result: ExecuteResult) -> pb.ExecuteResponse:
+            return self._counted(request, execute_response(request.id, result), started.pop(id(request), 0.0))
+
+        def fail(request: pb.ExecuteRequest, err: MemserveError) -> pb.ExecuteResponse:
+            return self._counted(request, error_response(request.id, err), started.pop(id(request), 0.0))
+
+        return pipelined(request_iterator, context, submit, respond, fail, "execute-stream", self.streams)
 
     def _counted(self, request: pb.ExecuteRequest, response: pb.ExecuteResponse, start: float) -> pb.ExecuteResponse:
         if self.metrics is not None:
@@ -92,6 +94,7 @@ class NativeServicer(pb_grpc.MemserveServicer):
         return response
 
     def _submit(self, request: pb.ExecuteRequest, context) -> Pending:
+        limits.check_range("timeout_us", request.timeout_us, 0, limits.MAX_TIMEOUT_US)
         return self.registry.submit(model_ref(request.model), input_arrays(request.inputs),
                                     deadline(context, request.timeout_us), request.priority)
 
@@ -133,16 +136,6 @@ def error_response(request_id: str, err: MemserveError) -> pb.ExecuteResponse:
                                                             acl_code=err.acl_code, reason=err.reason))
 
 
-def future_response(request_id: str, future) -> pb.ExecuteResponse:
-    err = future.exception()
-    if err is None:
-        return execute_response(request_id, future.result())
-    if not isinstance(err, MemserveError):
-        log.error("internal error in ExecuteStream", exc_info=err)
-        err = InternalError(f"internal error: {type(err).__name__}: {err}")
-    return error_response(request_id, err)
-
-
 def read_upload(request_iterator: Iterator[pb.LoadRequest], context: grpc.ServicerContext,
                 max_size: int) -> tuple[LoadOptions, bytes]:
     """Options from the first message, then the model bytes from the chunks."""
@@ -160,29 +153,27 @@ def read_upload(request_iterator: Iterator[pb.LoadRequest], context: grpc.Servic
                 total += len(msg.chunk)
                 if total > max_size:
                     raise ResourceExhausted(f"model is larger than the daemon's --max-model-size of {max_size} bytes")
+                budget.charge(len(msg.chunk), "the model upload")  # staged in host memory until the load ends
                 chunks.append(msg.chunk)
+            budget.checkpoint()
     except grpc.RpcError:
         raise Cancelled("client cancelled the upload") from None
     if not context.is_active():
         raise Cancelled("client cancelled the upload")
-    return options or LoadOptions(), b"".join(chunks)
+    budget.charge(total, "the model upload")  # joined into one buffer, then the chunks are dropped
+    data = b"".join(chunks)
+    chunks.clear()
+    budget.release(total)
+    return options or LoadOptions(), data
 
 
 def load_options(o: pb.LoadOptions) -> LoadOptions:
+    """The options as the registry takes them; LoadOptions.check() bounds every number."""
     b = o.dynamic_batching
+    shapes = {k: limits.check_shape(f"input_shapes[{k[:64]!r}]", v.dims) for k, v in o.input_shapes.items()}
     return LoadOptions(name=o.name, workspace=o.workspace or "private", max_batch=o.max_batch,
-                       input_shapes={k: tuple(v.dims) for k, v in o.input_shapes.items()},
-                       instances=o.instances or 1, replace=o.replace,
+                       input_shapes=shapes, instances=o.instances or 1, replace=o.replace,
                        batching=Batching(b.max_queue_delay_us, tuple(b.preferred_batch_sizes)) if b.enabled else None)
-
-
-def deadline(context: grpc.ServicerContext, timeout_us: int) -> float | None:
-    """The earlier of the gRPC deadline and the request's own timeout, as time.monotonic()."""
-    now = time.monotonic()
-    candidates = [now + r for r in (context.time_remaining(),) if r is not None]
-    if timeout_us:
-        candidates.append(now + timeout_us / 1e6)
-    return min(candidates, default=None)
 
 
 def model_ref(ref: pb.ModelRef) -> ModelRef:
@@ -192,16 +183,16 @@ def model_ref(ref: pb.ModelRef) -> ModelRef:
     return getattr(ref, which)
 
 
-def input_arrays(inputs) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    for t in inputs:
-        if t.name in arrays:
-            raise InputMismatch(f"input {t.name!r} is given twice")
-        try:
-            arrays[t.name] = tensors.from_proto(t)
-        except ValueError as exc:
-            raise InputMismatch(str(exc)) from None
-    return arrays
+def input_arrays(inputs) -> dict:
+    return decode.named((t.name, input_array(t)) for t in inputs)
+
+
+def input_array(t: pb.Tensor):
+    try:
+        dtype = tensors.dtype_from_pb(t.dtype)
+    except ValueError:
+        raise InputMismatch(f"input {t.name[:64]!r} has unknown data type code {t.dtype}") from None
+    return decode.tensor(t.name, dtype, t.shape, raw=t.data)
 
 
 def size_info(plan: Plan) -> pb.SizeInfo:

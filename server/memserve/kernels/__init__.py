@@ -18,10 +18,13 @@ and per batch size it recomputes the small shape values that depend on it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from .. import budget
 
 Kernel = Callable[[Sequence[np.ndarray | None], Sequence[np.ndarray]], None]
 
@@ -40,7 +43,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: a hostile shape cannot wrap
 
 
 @dataclass
@@ -95,8 +98,11 @@ def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[Ten
         return [o.value for o in outs]
     if op.alias:
         return [np.asarray(ins[0].value).reshape(outs[0].shape)]
+    scratch_infos = op.scratch(node, ins, outs) if op.scratch else []
+    # Charged before allocating: a small model may ask to fold a huge tensor (budget.py).
+    budget.charge(sum(t.nbytes for t in [*outs, *scratch_infos]), f"node {node.name!r} ({node.op_type})")
     arrays = [np.empty(o.shape, o.dtype) for o in outs]
-    scratch = [np.empty(t.shape, t.dtype) for t in (op.scratch(node, ins, outs) if op.scratch else [])]
+    scratch = [np.empty(t.shape, t.dtype) for t in scratch_infos]
     op.build(node, ins, outs)([i.value if i is not None else None for i in ins], arrays + scratch)
     return arrays
 

@@ -3,6 +3,8 @@ and copies (Transpose, Concat, Split, Slice, Gather, Expand, Tile, Pad, Where, T
 Cast), plus the ops that make shapes (Shape, Size, ConstantOfShape, Range)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from onnx import helper, numpy_helper
 
@@ -11,7 +13,7 @@ from . import DTYPES, Node, OpDef, TensorInfo, register
 
 
 def count(shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(int(d) for d in shape)  # Python ints: a hostile shape cannot wrap around
 
 
 MAX_RANK = 64  # numpy's limit: a tensor of more dimensions cannot be made, so its shape is refused

@@ -21,13 +21,16 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import budget
 from ..device import align_up
-from ..errors import InvalidArgument, UnsupportedModel
+from ..errors import InvalidArgument, MemserveError, ModelParseError, ResourceExhausted, UnsupportedModel
 from ..kernels import Node, OpDef, TensorInfo, evaluate, lookup
 from ..planner import Lifetime, plan_offsets
 from .fuse import fuse
@@ -61,8 +64,30 @@ def _copy_build(node, ins, outs):
 COPY = OpDef("Copy", _copy_infer, _copy_build)
 
 
+log = logging.getLogger("memserve.compile")
+
+
 def compile_model(data: bytes, options: CompileOptions = CompileOptions()) -> Plan:
-    return build_plan(import_onnx(data), options)
+    """Model bytes come from a client: whatever they make the compiler raise is a clear status."""
+    with _model_errors("the model"):
+        return build_plan(import_onnx(data), options)
+
+
+@contextlib.contextmanager
+def _model_errors(what: str):
+    """Turn a failure on untrusted model content into INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) naming
+    `what`; the traceback goes to the log, since it may also be a compiler bug."""
+    try:
+        yield
+    except MemserveError:
+        raise
+    except MemoryError:
+        raise ResourceExhausted(f"{what} needs more host memory than there is") from None
+    except RecursionError:
+        raise ModelParseError(f"{what} nests too deeply to compile") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure: the model's content is not valid
+        log.warning("compiling %s failed", what, exc_info=True)
+        raise ModelParseError(f"{what} cannot be compiled: {type(exc).__name__}: {exc}") from None
 
 
 def build_plan(graph: Graph, options: CompileOptions) -> Plan:
@@ -167,10 +192,13 @@ class _Walk:
             self._add(node)
 
     def _add(self, node: Node) -> None:
+        budget.checkpoint()  # stop when the caller left or its deadline passed
         if node.op_type == "If" and node.domain in ("", "ai.onnx"):
             return self._inline(node)
         op = lookup(node.domain, node.op_type)
-        self.nodes.append((node, op, self._visit(node, op, self.batched)))
+        with _model_errors(f"node {node.name!r} ({node.op_type})"):
+            phase = self._visit(node, op, self.batched)
+        self.nodes.append((node, op, phase))
 
     def _inline(self, node: Node) -> None:
         """An If whose condition is known at load becomes its chosen branch."""
@@ -253,6 +281,10 @@ class _Builder:
         return self.index[name]
 
     def add_step(self, node: Node, op: OpDef, phase: str) -> None:
+        with _model_errors(f"node {node.name!r} ({node.op_type})"):
+            self._add_step(node, op, phase)
+
+    def _add_step(self, node: Node, op: OpDef, phase: str) -> None:
         ins = [self.slot_of(n) if n else -1 for n in node.inputs]
         infos = [self.slots[i].info if i >= 0 else None for i in ins]
         step = Step(node, op, ins, [], phase=phase)

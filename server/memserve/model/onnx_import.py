@@ -2,10 +2,18 @@
 
 Everything memserve cannot run is refused here, each with a message that
 names the node: external data, subgraphs (control flow), ops without a kernel.
+
+A model is data, never a path: a tensor anywhere in it (initializers, sparse
+initializers, Constant values, tensor attributes, subgraphs, functions) that
+names external data is refused before anything reads it, so no load can make
+the daemon open a file. Node count and subgraph nesting are bounded, and the
+bytes of the parsed model and of every initializer are charged to the load's
+budget (budget.py) before they are taken.
 """
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,8 +21,10 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from ..errors import ModelParseError, UnsupportedModel
+from .. import budget
+from ..errors import ModelParseError, ResourceExhausted, UnsupportedModel
 from ..kernels import DTYPES, Node, lookup
+from ..limits import MAX_NODES, MAX_SUBGRAPH_DEPTH
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -49,7 +59,13 @@ class Branch:
 
 
 def import_onnx(data: bytes) -> Graph:
-    model = _parse(data)
+    try:
+        return _import(_parse(data))
+    finally:
+        budget.release(len(data))  # the parsed ModelProto is dropped here
+
+
+def _import(model: onnx.ModelProto) -> Graph:
     opsets = _opsets(model)
     opset = opsets[""]
     g = model.graph
@@ -82,25 +98,70 @@ def import_onnx(data: bytes) -> Graph:
 def _parse(data: bytes) -> onnx.ModelProto:
     if not data:
         raise ModelParseError("model is empty: send the ONNX file's bytes after the load options")
+    budget.charge(len(data), "the parsed model")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as exc:
+    except (DecodeError, RuntimeError, ValueError, RecursionError) as exc:
         raise ModelParseError(f"model bytes are not an ONNX ModelProto ({exc})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise ModelParseError("model bytes are not an ONNX model: no graph or no nodes")
-    for init in model.graph.initializer:
-        if init.data_location == TensorProto.EXTERNAL:
-            raise UnsupportedModel(
-                f"initializer {init.name!r} keeps its data in an external file; save the model with "
-                "onnx.save_model(model, path, save_as_external_data=False) and upload that one file"
-            )
+    _check_structure(model)
+    budget.charge(len(data), "the ONNX checker's copy of the model")
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
+    except (onnx.checker.ValidationError, RecursionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelParseError(f"model fails the ONNX checker: {first}") from None
+    budget.release(len(data))  # the checker's copy is gone
     return model
+
+
+def _check_structure(model: onnx.ModelProto) -> None:
+    """Bound the node count and nesting; refuse external data in every tensor of the model."""
+    nodes = 0
+    stack = [(model.graph, 0, "graph")]
+    stack += [(f, 1, f"function {f.name!r}") for f in model.functions]
+    while stack:
+        g, depth, where = stack.pop()
+        if depth > MAX_SUBGRAPH_DEPTH:
+            raise UnsupportedModel(f"{where} nests subgraphs {depth} deep; memserve accepts at most "
+                                   f"{MAX_SUBGRAPH_DEPTH} levels")
+        for t in getattr(g, "initializer", ()):
+            _no_external(t, f"initializer {t.name!r}")
+        for sp in getattr(g, "sparse_initializer", ()):
+            _no_external_sparse(sp, f"sparse initializer {sp.values.name!r}")
+        nodes += len(g.node)
+        if nodes > MAX_NODES:
+            raise UnsupportedModel(f"model has more than {MAX_NODES} nodes (subgraphs and functions included); "
+                                   "that is memserve's bound on a model")
+        for index, n in enumerate(g.node):
+            name = n.name or f"{n.op_type}_{index}"
+            for a in n.attribute:
+                what = f"node {name!r} ({n.op_type}) attribute {a.name!r}"
+                if a.HasField("t"):
+                    _no_external(a.t, what)
+                for t in a.tensors:
+                    _no_external(t, what)
+                if a.HasField("sparse_tensor"):
+                    _no_external_sparse(a.sparse_tensor, what)
+                for sp in a.sparse_tensors:
+                    _no_external_sparse(sp, what)
+                if a.HasField("g"):
+                    stack.append((a.g, depth + 1, f"{what} subgraph"))
+                stack += [(sub, depth + 1, f"{what} subgraph") for sub in a.graphs]
+
+
+def _no_external(t: TensorProto, what: str) -> None:
+    if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+        raise UnsupportedModel(
+            f"{what} keeps its data in an external file; memserve reads no files named by a model: save it "
+            "with onnx.save_model(model, path, save_as_external_data=False) and upload that one file")
+
+
+def _no_external_sparse(sp: onnx.SparseTensorProto, what: str) -> None:
+    _no_external(sp.values, what)
+    _no_external(sp.indices, what)
 
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:
@@ -109,11 +170,26 @@ def _opsets(model: onnx.ModelProto) -> dict[str, int]:
     return opsets
 
 
-def _initializer(init: TensorProto) -> np.ndarray:
+def _initializer(init: TensorProto, what: str = "") -> np.ndarray:
+    what = what or f"initializer {init.name!r}"
+    _charge_tensor(init, what)
     try:
         return numpy_helper.to_array(init)
+    except MemoryError:
+        raise ResourceExhausted(f"{what} does not fit in host memory") from None
     except Exception as exc:  # onnx raises several types for bad tensors
-        raise ModelParseError(f"initializer {init.name!r} cannot be read: {exc}") from None
+        raise ModelParseError(f"{what} cannot be read: {exc}") from None
+
+
+def _charge_tensor(t: TensorProto, what: str) -> None:
+    """Charge a tensor's decoded size before decoding it (its dims may claim far more than it carries)."""
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, ValueError, TypeError):
+        itemsize = 8
+    if any(d < 0 for d in t.dims):
+        raise ModelParseError(f"{what} has a negative dimension in {list(t.dims)}")
+    budget.charge(math.prod(t.dims) * itemsize, what)
 
 
 def _import_nodes(g: onnx.GraphProto, opsets: dict[str, int], weights: dict[str, np.ndarray],
@@ -173,7 +249,7 @@ def _node(proto: onnx.NodeProto, index: int, opsets: dict[str, int], unsupported
 def _constant_value(node: Node) -> np.ndarray:
     a = node.attrs
     if "value" in a:
-        return numpy_helper.to_array(a["value"])
+        return _initializer(a["value"], f"node {node.name!r} (Constant) value")
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
                        ("value_int", np.int64), ("value_ints", np.int64)):
         if key in a:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputMismatch, InvalidArgument
+from ..errors import InputMismatch, InvalidArgument, MemserveError
 from ..kernels import Node, OpDef, TensorInfo, evaluate
 
 # Where a tensor's bytes live. An alias lives where its root lives. A VALUE
@@ -90,7 +90,12 @@ class Plan:
         """Every slot's dtype and shape when the request carries `batch` rows."""
         infos = self._infos.get(batch)
         if infos is None:
-            infos = infer_all(self, self.input_infos(batch))
+            try:
+                infos = infer_all(self, self.input_infos(batch))
+            except MemserveError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the model's shape functions at this batch size
+                raise InvalidArgument(f"this model cannot run batch {batch}: {type(exc).__name__}: {exc}") from None
             self._check_fits(infos, batch)
             with self._lock:
                 self._infos[batch] = infos
