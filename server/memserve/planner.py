@@ -57,6 +57,7 @@ import heapq
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
+from .budget import checkpoint
 from .device import ALIGNMENT, align_up
 
 # Visits one first-fit pass may make: under a second of Python; about 2,400
@@ -100,6 +101,7 @@ def plan_offsets(requests: list[Lifetime], alignment: int = ALIGNMENT, budget: i
     visits = 0
     if overlaps.least_visits <= budget:
         for name, key in zip(FIRST_FIT_ORDERS, keys):
+            checkpoint()  # a pass is bounded by `budget`; between passes, stop if the load's caller left
             offsets, used = overlaps.first_fit(sorted(range(len(requests)), key=key), sizes, alignment, budget)
             visits += used
             if offsets is None:
