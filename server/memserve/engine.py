@@ -63,12 +63,12 @@ class Executable:
         for spec in self.plan.inputs:
             env[spec.slot] = arrays[spec.name]
         buffers = []
+        k = len(b.steps)  # no node is to blame for a failure before the first step
         try:
             for slot, dtype, shape, nbytes in b.io:
                 buf = alloc(nbytes)
                 buffers.append(buf)
                 env[slot] = buf.array[:nbytes].view(dtype).reshape(shape)
-            k = 0
             for k, step in enumerate(b.steps):
                 step(env)
         except BaseException as exc:

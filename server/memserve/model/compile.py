@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import budget
+from .. import budget, limits
 from ..device import align_up
 from ..errors import InvalidArgument, MemserveError, ModelParseError, ResourceExhausted, UnsupportedModel
 from ..kernels import Node, OpDef, TensorInfo, evaluate, lookup
@@ -137,6 +137,9 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputSh
         raise InvalidArgument(f"max batch must be positive, got {max_batch}")
     specs = []
     for inp in graph.inputs:
+        if len(inp.dims) > limits.MAX_RANK:
+            raise UnsupportedModel(f"input {inp.name!r} has rank {len(inp.dims)}; memserve accepts at most "
+                                   f"{limits.MAX_RANK} dimensions")
         shape = list(options.input_shapes.get(inp.name, ()))
         if shape and len(shape) != len(inp.dims):
             raise InvalidArgument(f"input {inp.name!r} has rank {len(inp.dims)}; input_shapes gives {shape}")
@@ -239,6 +242,8 @@ class _Walk:
         return RUN
 
     def _set(self, node: Node, outs: list[TensorInfo], values: list[np.ndarray] | None) -> None:
+        for info in outs:  # bounds every size the plan adds up, so no sum can overflow a response field
+            limits.check_shape(f"node {node.name!r} ({node.op_type}) output", info.shape)
         for k, (name, info) in enumerate(zip(node.outputs, outs)):
             if name:
                 value = values[k] if values is not None else None
