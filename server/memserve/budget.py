@@ -87,10 +87,10 @@ class LoadJob:
         """This job again, for a callee that would otherwise enter a job of its own."""
         return contextlib.nullcontext(self)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, margin: float = 0.0) -> None:
         if self.alive is not None and not self.alive():
             raise Cancelled("the client went away; the load was stopped and left nothing behind")
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.deadline is not None and time.monotonic() + margin > self.deadline:
             raise DeadlineExceeded("the load's deadline passed; it was stopped and left nothing behind")
 
     def __enter__(self) -> LoadJob:
@@ -122,8 +122,8 @@ def release(nbytes: int) -> None:
         job.release(nbytes)
 
 
-def checkpoint() -> None:
-    """Stop the running load if its caller left or its deadline passed."""
+def checkpoint(margin: float = 0.0) -> None:
+    """Stop the running load if its caller left or its deadline passes within `margin` seconds."""
     job = getattr(_local, "job", None)
     if job is not None:
-        job.checkpoint()
+        job.checkpoint(margin)

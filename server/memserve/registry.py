@@ -29,6 +29,7 @@ from .stats import ModelStats
 ModelRef = int | str
 log = logging.getLogger("memserve.registry")
 AUTO = "auto"
+COMMIT_MARGIN = 0.05  # seconds a load must have left before its deadline to be registered
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,9 @@ class Registry:
             if old is not None and not options.replace:
                 self._check_name(name)
             mode, note = self._admit(plan, options, model_id)
-            budget.checkpoint()  # a caller that left never gets an id: commit nothing for it
+            # A caller that left, or whose deadline would pass before the answer reaches it, never
+            # gets an id: commit nothing for it (api/calls.py undoes the rare load that still loses its answer).
+            budget.checkpoint(margin=COMMIT_MARGIN)
             model = self._allocate(model_id, name, plan, options, mode)
             model.note = note + (f"; replaces model {old}, which finishes its queue and unloads" if old else "")
             model.load_time_us = int((time.perf_counter() - start) * 1e6)
