@@ -14,8 +14,8 @@ executions takes; a request with a deadline that the work queued ahead of it
 RESOURCE_EXHAUSTED, instead of waiting to expire; and a request that reaches
 the front of the queue with less time left than an execution takes is
 dropped with DEADLINE_EXCEEDED, so that no execution is spent on an answer
-that would come too late. An idle lane always runs what it is given, so
-that its estimate keeps being refreshed.
+that would come too late. A lane that has been idle for a second runs what
+it is given whatever its estimate, so that a stale estimate is refreshed.
 
 Dynamic batching: a request that allows it (`batch_limit` rows) takes the
 requests of the same model and priority queued behind it, up to the limit,
@@ -39,6 +39,7 @@ from .pool import Workspace
 
 Job = Callable[[list["Request"], Workspace], list[Any]]  # one result per request
 PRIORITIES = 8
+PROBE_INTERVAL = 1.0  # seconds: an idle lane runs a request it expects to be late at most this often
 
 
 @dataclass(eq=False)
@@ -153,6 +154,7 @@ class Lane:
         self._retiring = 0  # threads waiting in retire_model for a running request to finish
         self._closed = False
         self.execution_seconds = 0.0  # moving average of one execution; 0 until the first one
+        self._finished = 0.0  # time.monotonic() when the last execution ended
         self.shed = 0  # requests refused because they could not meet their deadline
         self.expired = 0  # requests dropped because their deadline passed (or would) before they ran
         self._thread = threading.Thread(target=self._work, name=f"lane[{workspace.name}]", daemon=True)
@@ -193,8 +195,8 @@ class Lane:
         if req.deadline is None or each <= 0:
             return
         ahead = self._queue.ahead(req.priority)
-        if not ahead and self._running is None:
-            return  # an idle lane always tries: its estimate is only refreshed by executions
+        if not ahead and self._running is None and time.monotonic() - self._finished > PROBE_INTERVAL:
+            return  # an idle lane that was idle a while tries: executions are what refresh the estimate
         if req.batch_limit > req.rows:  # queued requests of a batching model run several at a time
             ahead = math.ceil(ahead / max(1, req.batch_limit // max(req.rows, 1)))
         expected = time.monotonic() + (ahead + (self._running is not None) + 1) * each
@@ -326,6 +328,7 @@ class Lane:
             finally:
                 ws.exit()
                 took = time.perf_counter() - started
+                self._finished = time.monotonic()
                 self.execution_seconds = took if not self.execution_seconds else 0.8 * self.execution_seconds + 0.2 * took
         for req, result in zip(live, results):
             req.future.set_result(result)
