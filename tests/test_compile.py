@@ -227,3 +227,11 @@ def test_an_input_still_needed_later_is_not_overwritten():
     assert s["r"].root != s["e"].root  # e is read again by Add
     x = np.array([-1, 0, 1, 2], np.float32)
     np.testing.assert_allclose(run_local(model, {"x": x})[0], 2 * np.exp(x), rtol=1e-6)
+
+
+def test_opset_1_reshape_takes_its_shape_from_the_attribute():
+    """Reshape before opset 5 has a `shape` attribute, not an input; it used to answer INTERNAL."""
+    model = graph_model([helper.make_node("Reshape", ["x"], ["y"], shape=[4])], [("x", F32, [2, 2])],
+                        [("y", F32, [4])], opset=1)
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    np.testing.assert_array_equal(run_local(model, {"x": x})[0], x.reshape(4))

@@ -201,6 +201,11 @@ def _import_nodes(g: onnx.GraphProto, opsets: dict[str, int], weights: dict[str,
         if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
             weights[node.outputs[0]] = _constant_value(node)
             continue
+        if node.op_type == "Reshape" and "shape" in node.attrs and len(node.inputs) == 1:
+            # Reshape before opset 5 takes its shape as an attribute: make it the input later opsets have.
+            name = f"{node.name}:shape"
+            weights[name] = np.asarray(node.attrs.pop("shape"), np.int64)
+            node.inputs.append(name)
         if node.op_type == "ZipMap":
             raise UnsupportedModel(f"node {node.name!r} (ZipMap) outputs a sequence of maps; export the "
                                    "scikit-learn classifier with options={'zipmap': False}")
