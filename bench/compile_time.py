@@ -23,15 +23,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def chain(n: int, op: str) -> bytes:
-    from onnx import helper
+    from models import op_chain
 
-    from models import F32, graph_model
-
-    attrs = {"perm": [1, 0]} if op == "Transpose" else {}
-    names = ["x"] + [f"t{k}" for k in range(1, n)] + ["y"]
-    nodes = [helper.make_node(op, [names[k]], [names[k + 1]], name=f"n{k}", **attrs) for k in range(n)]
-    out = [8, 4] if op == "Transpose" and n % 2 else [4, 8]
-    return graph_model(nodes, [("x", F32, [4, 8])], [("y", F32, out)])
+    return op_chain(n, op)
 
 
 def median_s(fn, runs: int) -> float:

@@ -94,3 +94,13 @@ def run_local(model: bytes, feeds: dict[str, np.ndarray], **options) -> list[np.
     finally:
         reg.close()
         assert reg.device.used() == 0
+
+
+def op_chain(n: int, op: str = "Relu") -> bytes:
+    """x -> op -> op -> ... -> y, n nodes of a one-input op on a [4, 8] float tensor; Transpose swaps
+    the two axes each time. Long chains test that loading stays near-linear in the node count."""
+    attrs = {"perm": [1, 0]} if op == "Transpose" else {}
+    names = ["x"] + [f"t{k}" for k in range(1, n)] + ["y"]
+    nodes = [helper.make_node(op, [names[k]], [names[k + 1]], name=f"n{k}", **attrs) for k in range(n)]
+    out = [8, 4] if op == "Transpose" and n % 2 else [4, 8]
+    return graph_model(nodes, [("x", F32, [4, 8])], [("y", F32, out)])

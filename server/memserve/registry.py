@@ -317,6 +317,15 @@ class Registry:
                 self.scheduler.retire(ws)
         return freed
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no lane has work queued or running (at shutdown); False if `timeout` passed first."""
+        until = time.monotonic() + timeout
+        while any(lane.busy() for lane in self.scheduler.lanes()):
+            if time.monotonic() > until:
+                return False
+            time.sleep(0.01)
+        return True
+
     def close(self) -> None:
         """Free every model's memory (at shutdown: saved models stay saved)."""
         state, self.state = self.state, None
@@ -343,13 +352,15 @@ class Registry:
     # -- execute ----------------------------------------------------------
 
     def submit(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None,
-               priority: int = 0) -> Pending:
-        """Validate inputs and queue them on the model's least busy lane."""
+               priority: int = 0, finish_by: float | None = None) -> Pending:
+        """Validate inputs and queue them on the model's least busy lane. `deadline`: drop the request
+        unless it starts by then; `finish_by`: when its caller stops waiting for the answer (both
+        time.monotonic())."""
         self._check_serving()
         model = self.get(ref)
         batch = model.plan.batch_of(arrays)
         model.plan.infos_at(batch)  # a batch the plan cannot hold fails here, not on the lane
-        req = Request(model.id, model.job, deadline, priority, payload=arrays, rows=batch)
+        req = Request(model.id, model.job, deadline, priority, payload=arrays, rows=batch, finish_by=finish_by)
         if model.options.batching is not None:
             b = model.options.batching
             req.batch_limit, req.batch_delay = model.plan.max_batch, b.max_queue_delay_us / 1e6

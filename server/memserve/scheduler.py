@@ -46,13 +46,14 @@ PROBE_INTERVAL = 1.0  # seconds: an idle lane runs a request it expects to be la
 class Request:
     model_id: int
     job: Job  # runs on the lane's worker, in the device context, with the workspace held
-    deadline: float | None = None  # time.monotonic() seconds
+    deadline: float | None = None  # time.monotonic() seconds by which it must start, or be dropped
     priority: int = 0
     payload: Any = None  # what the job reads (the request's inputs)
     rows: int = 1
     batch_limit: int = 0  # > 0: may run merged with others of its model, up to this many rows
     batch_delay: float = 0.0  # seconds it may wait for others to merge with
     batch_target: int = 0  # stop waiting once this many rows are gathered (0: batch_limit)
+    finish_by: float | None = None  # time.monotonic() seconds when its caller stops waiting (gRPC deadline)
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     future: Future = field(default_factory=Future)
@@ -192,15 +193,20 @@ class Lane:
     def _shed_if_late(self, req: Request) -> None:
         """Refuse a request its deadline cannot be met for, given the work ahead of it (lock held)."""
         each = self.execution_seconds
-        if req.deadline is None or each <= 0:
+        if (req.deadline is None and req.finish_by is None) or each <= 0:
             return
         ahead = self._queue.ahead(req.priority)
         if not ahead and self._running is None and time.monotonic() - self._finished > PROBE_INTERVAL:
             return  # an idle lane that was idle a while tries: executions are what refresh the estimate
         if req.batch_limit > req.rows:  # queued requests of a batching model run several at a time
             ahead = math.ceil(ahead / max(1, req.batch_limit // max(req.rows, 1)))
-        expected = time.monotonic() + (ahead + (self._running is not None) + 1) * each
-        if expected > req.deadline:
+        running = self._running
+        left = 0.0  # of the running execution
+        if running is not None:
+            left = max(each - (time.perf_counter() - running.started), 0.0) if running.started else each
+        start = time.monotonic() + left + ahead * each
+        if (req.deadline is not None and start > req.deadline) or \
+                (req.finish_by is not None and start + each > req.finish_by):
             self.shed += 1
             raise ResourceExhausted(
                 f"workspace {self.workspace.name} cannot run this request before its deadline: {ahead} executions "
@@ -305,9 +311,10 @@ class Lane:
         for req in batch:
             if req.future.done():  # cancelled by its caller after we dequeued it
                 continue
-            if req.deadline is not None and now + margin > req.deadline:
+            late = req.finish_by is not None and now + margin > req.finish_by
+            if (req.deadline is not None and now > req.deadline) or late:
                 self.expired += 1
-                why = "passed" if now > req.deadline else "would pass before an execution ends"
+                why = "would pass before an execution ends" if late and now <= (req.finish_by or now) else "passed"
                 req.future.set_exception(DeadlineExceeded(f"deadline {why} while the request was queued"))
                 continue
             live.append(req)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -156,7 +157,11 @@ class Daemon:
         self.kserve.serving = False
         self.health.enter_graceful_shutdown()
         self.registry.draining = True
-        self.server.stop(grace).wait()
+        # Two phases: while queued work drains, the port stays open and new calls reach the registry,
+        # which answers UNAVAILABLE (grpc's own stop would cancel them instead); then the port closes.
+        until = time.monotonic() + grace
+        self.registry.wait_idle(grace)
+        self.server.stop(max(until - time.monotonic(), 0.0)).wait()
         self.registry.close()
 
 

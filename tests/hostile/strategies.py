@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from memserve.kernels import REGISTRY
-from memserve_client.pb.inference import grpc_service_pb2 as kpb
+from tritonclient.grpc import service_pb2 as kpb  # Triton's own v2 stubs: memserve's share their proto package
 from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
 
 ML = "ai.onnx.ml"

@@ -29,7 +29,7 @@ from memserve.model.onnx_import import _topological, import_onnx
 from memserve.model.plan import RUN, WORK
 from memserve.planner import SWEEP
 
-from models import F32, graph_model, ort_run, run_local
+from models import F32, graph_model, op_chain, ort_run, run_local
 
 SIZES = (2000, 4000, 8000)
 GROWTH = 2.5  # work at 2n over work at n; 2 is linear, 4 quadratic
@@ -60,13 +60,7 @@ def assert_near_linear(work: dict[int, int], what: str) -> None:
         assert work[large] <= GROWTH * (large / small) / 2 * work[small], f"{what} grows faster than linearly: {work}"
 
 
-def chain(n: int, op: str) -> bytes:
-    """x -> op -> op -> ... -> y, n nodes; Transpose swaps the two axes each time."""
-    attrs = {"perm": [1, 0]} if op == "Transpose" else {}
-    names = ["x"] + [f"t{k}" for k in range(1, n)] + ["y"]
-    nodes = [helper.make_node(op, [names[k]], [names[k + 1]], name=f"n{k}", **attrs) for k in range(n)]
-    out = [8, 4] if op == "Transpose" and n % 2 else [4, 8]
-    return graph_model(nodes, [("x", F32, [4, 8])], [("y", F32, out)])
+chain = op_chain
 
 
 def check_work_plan(plan) -> None:

@@ -38,8 +38,8 @@ from onnx import TensorProto, helper
 
 import strategies as S
 from conftest import Daemon
-from memserve_client.pb.inference import grpc_service_pb2 as kpb
-from memserve_client.pb.inference import grpc_service_pb2_grpc as kpb_grpc
+from tritonclient.grpc import service_pb2 as kpb  # Triton's own v2 stubs: memserve's share their proto package
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 from models import chain_model, graph_model, mlp_bytes

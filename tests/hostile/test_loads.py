@@ -21,7 +21,7 @@ from memserve.registry import LoadOptions, Registry
 from memserve_client import Client, MemserveError
 from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
-from models import F32, ROOT, graph_model, mlp_bytes
+from models import F32, ROOT, graph_model, mlp_bytes, op_chain
 
 EXAMPLE = ROOT / "examples" / "mlp.onnx"
 INVALID, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -211,14 +211,9 @@ def test_a_load_that_cannot_start_its_lanes_gives_everything_back(monkeypatch):
 
 # -- items 5 and 6: compiles stop with their caller; no orphans --------------------------------------
 
-def _long_chain(nodes: int) -> bytes:
-    chain = [helper.make_node("Relu", [f"t{k}"], [f"t{k + 1}"]) for k in range(nodes)]
-    return graph_model(chain, [("t0", F32, [1, 8])], [(f"t{nodes}", F32, [1, 8])])
-
-
 def test_a_compile_stops_when_its_deadline_passes_and_leaves_nothing(make_daemon):
     d = make_daemon()
-    model = _long_chain(60_000)
+    model = op_chain(60_000)
     with d.client() as c:
         err = _status(lambda: Client(d.target, timeout=0.5).load(model, name="slow"))
         assert err.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -237,7 +232,7 @@ def test_a_cancelled_compile_stops_at_the_next_checkpoint():
 
     with pytest.raises(Cancelled):
         with registry.load_job(alive=alive):
-            registry.load(_long_chain(5000), LoadOptions(name="gone"))
+            registry.load(op_chain(5000), LoadOptions(name="gone"))
     assert len(polls) == 50  # stopped right there, not after the 5000 nodes
     assert registry.list() == [] and registry.device.used() == 0 and registry.budget.used == 0
 

@@ -10,8 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import helper
 
-from memserve_client.pb.inference import grpc_service_pb2 as kpb
-from memserve_client.pb.inference import grpc_service_pb2_grpc as kpb_grpc
+from tritonclient.grpc import service_pb2 as kpb  # Triton's own v2 stubs: memserve's share their proto package
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 from models import F32, ROOT, graph_model

@@ -22,7 +22,8 @@ log = logging.getLogger("memserve.api")
 
 
 def deadline(context: grpc.ServicerContext, timeout_us: int = 0) -> float | None:
-    """The earlier of the gRPC deadline and the request's own timeout, as time.monotonic()."""
+    """The earlier of the gRPC deadline and the request's own timeout (by when it must start), as
+    time.monotonic(); with no timeout, the gRPC deadline alone (by when its caller stops waiting)."""
     now = time.monotonic()
     candidates = [now + r for r in (context.time_remaining(),) if r is not None]
     if timeout_us:

@@ -132,7 +132,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _submit(self, request: pb.ModelInferRequest, context) -> tuple[LoadedModel, Pending, list[str], bool]:
         model, arrays, wanted, raw = self._decode(request)
-        pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)), _priority(request))
+        pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)), _priority(request),
+                                       deadline(context))
         return model, pending, wanted, raw
 
     def _decode(self, request: pb.ModelInferRequest):

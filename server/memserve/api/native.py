@@ -96,7 +96,7 @@ class NativeServicer(pb_grpc.MemserveServicer):
     def _submit(self, request: pb.ExecuteRequest, context) -> Pending:
         limits.check_range("timeout_us", request.timeout_us, 0, limits.MAX_TIMEOUT_US)
         return self.registry.submit(model_ref(request.model), input_arrays(request.inputs),
-                                    deadline(context, request.timeout_us), request.priority)
+                                    deadline(context, request.timeout_us), request.priority, deadline(context))
 
     @handle_errors
     def Unload(self, request, context):
