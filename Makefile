@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/protocols.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/compile_time.py
+	$(BIN)/python bench/busy.py
+	$(BIN)/python bench/overload.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
