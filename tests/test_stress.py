@@ -95,7 +95,9 @@ def test_mixed_traffic_keeps_every_invariant(make_daemon):
                     name = e.code().name
                     with lock:
                         counts["errors"][name] = counts["errors"].get(name, 0) + 1
-                    if name not in ALLOWED:
+                    # A request with a timeout may be shed up front when the queue ahead would make it late.
+                    shed = name == "RESOURCE_EXHAUSTED" and timeout_us and "before its deadline" in e.details()
+                    if name not in ALLOWED and not shed:
                         failures.append(f"execute: {name}: {e.details()}")
                     continue
                 wrong = not np.array_equal(from_proto(resp.outputs[0]), refs[(seed, k)])

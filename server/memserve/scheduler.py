@@ -192,11 +192,15 @@ class Lane:
 
     def _shed_if_late(self, req: Request) -> None:
         """Refuse a request its deadline cannot be met for, given the work ahead of it (lock held)."""
+        now = time.monotonic()
+        if req.deadline is not None and now > req.deadline:  # late already: not an overload refusal
+            self.expired += 1
+            raise DeadlineExceeded("the request's deadline passed before it could be queued")
         each = self.execution_seconds
         if (req.deadline is None and req.finish_by is None) or each <= 0:
             return
         ahead = self._queue.ahead(req.priority)
-        if not ahead and self._running is None and time.monotonic() - self._finished > PROBE_INTERVAL:
+        if not ahead and self._running is None and now - self._finished > PROBE_INTERVAL:
             return  # an idle lane that was idle a while tries: executions are what refresh the estimate
         if req.batch_limit > req.rows:  # queued requests of a batching model run several at a time
             ahead = math.ceil(ahead / max(1, req.batch_limit // max(req.rows, 1)))
@@ -204,7 +208,7 @@ class Lane:
         left = 0.0  # of the running execution
         if running is not None:
             left = max(each - (time.perf_counter() - running.started), 0.0) if running.started else each
-        start = time.monotonic() + left + ahead * each
+        start = now + left + ahead * each
         if (req.deadline is not None and start > req.deadline) or \
                 (req.finish_by is not None and start + each > req.finish_by):
             self.shed += 1

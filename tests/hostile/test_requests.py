@@ -144,15 +144,17 @@ def test_64_streams_of_malformed_requests_leave_the_daemon_serving(daemon, mlp):
 def test_open_streams_are_bounded_and_unary_calls_still_get_workers(make_daemon):
     d = make_daemon("--workers", "4")  # at most 2 open streams
     gate = threading.Event()
+    probe = _native("probe", [1], data=b"")  # no such model: answered at once with an error
 
-    def idle():
-        yield from ()
+    def held_open():
+        yield probe
         gate.wait(30)
 
     with grpc.insecure_channel(d.target) as ch:
         stub = pb_grpc.MemserveStub(ch)
-        held = [stub.ExecuteStream(idle(), timeout=30) for _ in range(2)]
-        refused = stub.ExecuteStream(idle(), timeout=30)
+        held = [stub.ExecuteStream(held_open(), timeout=30) for _ in range(2)]
+        assert [next(call).id for call in held] == ["probe", "probe"]  # both streams are open on the daemon
+        refused = stub.ExecuteStream(held_open(), timeout=30)
         with pytest.raises(grpc.RpcError) as e:
             next(refused)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--workers" in e.value.details()
@@ -160,6 +162,8 @@ def test_open_streams_are_bounded_and_unary_calls_still_get_workers(make_daemon)
         gate.set()
         for call in held:
             assert list(call) == []
+    with grpc.insecure_channel(d.target) as ch:  # the slots came back
+        assert next(pb_grpc.MemserveStub(ch).ExecuteStream(iter([probe]), timeout=30)).id == "probe"
 
 
 def test_a_stream_whose_client_reads_nothing_stops_reading_instead_of_buffering(daemon, client):
