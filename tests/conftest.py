@@ -29,6 +29,7 @@ class Daemon:
         else:
             self.proc.kill()
             raise RuntimeError(f"memserved did not start: {''.join(seen)}")
+        self.start_log = seen  # what it logged before it listened (restored and repository models)
         # Keep reading what it prints: a full pipe would block its logging, and with it the daemon.
         self._output: list[str] = []
         self._reader = threading.Thread(target=lambda: self._output.extend(self.proc.stdout), daemon=True)
@@ -53,6 +54,10 @@ class Daemon:
             self.proc.wait()
         self._reader.join(10)
         return "".join(self._output)
+
+    def log(self) -> str:
+        """Everything it printed so far, the lines before its banner included; does not wait."""
+        return "".join(self.start_log) + "".join(self._output)
 
     def output(self) -> str:
         self._reader.join(10)

@@ -79,19 +79,20 @@ def _serving(target: str) -> bool:
             health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.mark.parametrize("request_", BAD_V2, ids=lambda r: r.id)
-def test_malformed_v2_tensor_is_invalid_argument_on_model_infer(daemon, mlp, request_):
-    with grpc.insecure_channel(daemon.target) as ch:
-        with pytest.raises(grpc.RpcError) as e:
-            kpb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(request_, timeout=10)
-    assert e.value.code() == INVALID, e.value.details()
+def _model_infer(ch, request):
+    return kpb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(request, timeout=10)
 
 
-@pytest.mark.parametrize("request_", BAD_NATIVE, ids=lambda r: r.id)
-def test_malformed_native_request_is_invalid_argument(daemon, mlp, request_):
+def _execute(ch, request):
+    return pb_grpc.MemserveStub(ch).Execute(request, timeout=10)
+
+
+@pytest.mark.parametrize("call, request_", [(_model_infer, r) for r in BAD_V2] + [(_execute, r) for r in BAD_NATIVE],
+                         ids=[f"v2-{r.id}" for r in BAD_V2] + [f"native-{r.id}" for r in BAD_NATIVE])
+def test_a_malformed_request_is_invalid_argument_on_either_api(daemon, mlp, call, request_):
     with grpc.insecure_channel(daemon.target) as ch:
         with pytest.raises(grpc.RpcError) as e:
-            pb_grpc.MemserveStub(ch).Execute(request_, timeout=10)
+            call(ch, request_)
     assert e.value.code() == INVALID, e.value.details()
 
 

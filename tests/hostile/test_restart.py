@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -21,47 +18,9 @@ from models import chain_model, mlp_bytes
 X = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
 
 
-class LoggedDaemon(Daemon):
-    """conftest's Daemon, keeping what it logs before its banner too (restore runs before it listens)."""
-
-    def __init__(self, *args: str):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "-1", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )
-        self.start_log: list[str] = []
-        for line in self.proc.stdout:
-            self.start_log.append(line)
-            if "listening on" in line:
-                break
-        else:
-            self.proc.kill()
-            raise RuntimeError(f"memserved did not start: {''.join(self.start_log)}")
-        self._output: list[str] = []
-        self._reader = threading.Thread(target=lambda: self._output.extend(self.proc.stdout), daemon=True)
-        self._reader.start()
-        self.target = line.split("listening on ")[1].split()[0]
-        self.port = int(self.target.rsplit(":", 1)[1])
-        self.metrics = None
-
-    def log(self) -> str:
-        return "".join(self.start_log) + "".join(self._output)
-
-
 @pytest.fixture
-def start():
-    started: list[LoggedDaemon] = []
-
-    def run(*args: str) -> LoggedDaemon:
-        d = LoggedDaemon(*args)
-        started.append(d)
-        return d
-
-    yield run
-    for d in started:
-        if d.alive():
-            d.stop()
+def start(make_daemon):
+    return make_daemon
 
 
 def files(root) -> list[str]:
@@ -73,7 +32,7 @@ def quarantined(state) -> list[str]:
     return sorted(p.name for p in q.iterdir()) if q.is_dir() else []
 
 
-def error_lines(d: LoggedDaemon) -> list[str]:
+def error_lines(d: Daemon) -> list[str]:
     return [line for line in d.log().splitlines() if " ERROR " in line]
 
 
@@ -90,7 +49,7 @@ def save_two(start, state) -> dict:
             "manifest": json.loads(manifest.read_text())}
 
 
-def assert_good_restored(d: LoggedDaemon, saved: dict) -> None:
+def assert_good_restored(d: Daemon, saved: dict) -> None:
     with d.client() as c:
         models = {m.name: m for m in c.list_models()}
         assert list(models) == ["good"], d.log()
@@ -101,7 +60,7 @@ def assert_good_restored(d: LoggedDaemon, saved: dict) -> None:
         assert new.id == saved["victim"] + 1
 
 
-def assert_set_aside(d: LoggedDaemon, state, entry: str, why: str) -> None:
+def assert_set_aside(d: Daemon, state, entry: str, why: str) -> None:
     """`entry` (e.g. models/2.json) is in quarantine/ with its reason, and an ERROR line names it."""
     prefix = entry.replace("/", "-") + "."
     names = [n for n in quarantined(state) if n.startswith(prefix) and not n.endswith(".reason")]
