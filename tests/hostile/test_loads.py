@@ -276,3 +276,24 @@ def test_process_rss_is_not_raised_by_refused_uploads(make_daemon):
         err = _status(lambda: c.load(big))
         assert err.code == EXHAUSTED and "--max-model-size" in err.message
     assert _rss(d.proc.pid) - before < 32 << 20
+
+
+def test_a_deep_tree_is_measured_in_linear_time_and_cycles_are_refused():
+    """A 2 MB chain-shaped tree took minutes to build at the first Execute (quadratic depth walk)."""
+    from memserve.errors import InvalidArgument
+    from memserve.kernels import Node
+    from memserve.kernels.ml import forest
+
+    def chain(depth: int, cycle: bool = False) -> Node:
+        n = 2 * depth + 1
+        true = [k + 1 if k < depth - 1 else depth for k in range(depth)] + [0] * (depth + 1)
+        if cycle:
+            true[depth - 1] = 0
+        return Node("TreeEnsembleRegressor", "deep", ["x"], ["y"], domain="ai.onnx.ml", attrs={
+            "nodes_treeids": [0] * n, "nodes_nodeids": list(range(n)), "nodes_featureids": [0] * n,
+            "nodes_modes": ["BRANCH_LEQ"] * depth + ["LEAF"] * (depth + 1), "nodes_values": [1.0] * n,
+            "nodes_truenodeids": true, "nodes_falsenodeids": [depth + 1 + k for k in range(depth)] + [0] * (depth + 1)})
+
+    assert forest(chain(50_000)).depth == 50_000
+    with pytest.raises(InvalidArgument, match="cycle"):
+        forest(chain(100, cycle=True))

@@ -216,3 +216,39 @@ def test_a_kernel_failing_on_request_data_is_invalid_argument(client):
         client.execute(m, {"data": np.ones(4, np.float32), "i": np.array([99], np.int64)})
     assert e.value.code == INVALID and "'pick'" in e.value.message
     assert client.execute(m, {"data": np.arange(4, dtype=np.float32), "i": np.array([2], np.int64)})["y"][0] == 2
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+
+
+def test_typed_contents_are_checked_against_the_model_before_they_are_decoded(daemon, mlp):
+    """A ModelInfer of 8M one-byte varints swelled ~30x while numpy decoded them through Python objects,
+    before the dtype was even checked; three such calls at once crashed the daemon."""
+    r = kpb.ModelInferRequest(model_name="mlp", id="swell")
+    t = r.inputs.add(name="x", datatype="INT64", shape=[8_000_000])
+    t.contents.int64_contents.extend(np.zeros(8_000_000, np.int64))
+    before = _peak_rss(daemon.proc.pid)
+    with grpc.insecure_channel(daemon.target) as ch:
+        stub = kpb_grpc.GRPCInferenceServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(r, timeout=60)
+        assert e.value.code() == INVALID and "must be FP32" in e.value.details()
+        t.datatype = "FP32"
+        t.contents.ClearField("int64_contents")
+        t.contents.fp32_contents.extend(np.zeros(8_000_000, np.float32))
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(r, timeout=60)
+        assert e.value.code() == INVALID and "at most 128" in e.value.details()  # [2, 64] at max_batch 2
+    assert _peak_rss(daemon.proc.pid) - before < 200 << 20  # protobuf's own copy, not numpy's objects
+
+
+def test_a_status_message_never_outgrows_its_header(daemon):
+    """Errors repeat the names a client sends; a 100,000-character one used to turn NOT_FOUND into
+    RESOURCE_EXHAUSTED (gRPC's 16 KiB header limit)."""
+    with grpc.insecure_channel(daemon.target) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            kpb_grpc.GRPCInferenceServiceStub(ch).ModelMetadata(
+                kpb.ModelMetadataRequest(name="n" * 100_000, version="v" * 100_000), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and len(e.value.details()) <= 2048

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 import grpc
@@ -20,7 +21,7 @@ from memserve_client.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from memserve_client.pb.inference import model_config_pb2 as mc
 
 from .. import __version__, budget, limits
-from ..errors import InvalidArgument, MemserveError, NotFound, UnsupportedModel
+from ..errors import InputMismatch, InvalidArgument, MemserveError, NotFound, UnsupportedModel
 from ..registry import Batching, LoadedModel, LoadOptions, Pending, Registry
 from . import decode
 from .calls import deadline, load_for_call
@@ -142,7 +143,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         if raw and len(request.raw_input_contents) != len(request.inputs):
             raise InvalidArgument(f"{len(request.inputs)} inputs but {len(request.raw_input_contents)} "
                                   "raw_input_contents; send one raw buffer per input, or none")
-        arrays = decode.named((t.name, decode_tensor(t, request.raw_input_contents[k] if raw else None))
+        specs = {spec.name: spec for spec in model.plan.inputs}
+        arrays = decode.named((t.name, decode_tensor(t, request.raw_input_contents[k] if raw else None,
+                                                     _most(model, specs, t)))
                               for k, t in enumerate(request.inputs))
         known = {s.name for s in model.plan.outputs}
         wanted = [o.name for o in request.outputs]
@@ -233,17 +236,28 @@ def _timeout_us(request: pb.ModelInferRequest) -> int:
     return _int_parameter(request, "timeout", limits.MAX_TIMEOUT_US)
 
 
-def decode_tensor(t, raw: bytes | None) -> np.ndarray:
+def _most(model: LoadedModel, specs: dict, t) -> int:
+    """The most elements the model takes for input `t`; its name and datatype are checked first, all before
+    its values are decoded (typed contents cost far more to decode than to send)."""
+    spec = specs.get(t.name)
+    if spec is None:
+        raise InputMismatch(f"model {model.name!r} has no input {t.name[:64]!r}; its inputs are {sorted(specs)}")
+    if t.datatype in DATATYPES and np.dtype(DATATYPES[t.datatype][0]) != spec.dtype:
+        raise InputMismatch(f"input {t.name[:64]!r} must be {datatype(spec.dtype)}, got {t.datatype[:32]}")
+    return math.prod(model.plan.max_batch if d == -1 else d for d in spec.shape)
+
+
+def decode_tensor(t, raw: bytes | None, most: int | None = None) -> np.ndarray:
     if t.datatype not in DATATYPES:
         raise InvalidArgument(f"input {t.name[:64]!r}: datatype {t.datatype[:32]!r} is not supported; use one of "
                               f"{sorted(DATATYPES)}")
     dtype = np.dtype(DATATYPES[t.datatype][0])
     if raw is not None:
-        return decode.tensor(t.name, dtype, t.shape, raw=raw)
+        return decode.tensor(t.name, dtype, t.shape, raw=raw, max_elements=most)
     field = DATATYPES[t.datatype][1]
     if field is None:
         raise InvalidArgument(f"input {t.name[:64]!r}: {t.datatype} travels only as raw_input_contents")
-    return decode.tensor(t.name, dtype, t.shape, values=getattr(t.contents, field))
+    return decode.tensor(t.name, dtype, t.shape, values=getattr(t.contents, field), max_elements=most)
 
 
 def infer_response(request, model: LoadedModel, result, wanted: list[str], raw: bool) -> pb.ModelInferResponse:

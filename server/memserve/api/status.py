@@ -21,11 +21,19 @@ log = logging.getLogger("memserve.api")
 DOMAIN = "memserve"
 
 
+MAX_MESSAGE = 2048  # characters of a status message: it travels in a header, which gRPC caps at 16 KiB
+
+
+def shorten(message: str) -> str:
+    """A status message that fits its header, whatever a client put in the names it repeats."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
 def abort(context: grpc.ServicerContext, err: MemserveError) -> None:
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata={"acl_code": str(err.acl_code)})
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    status = status_pb2.Status(code=err.code.value[0], message=shorten(err.message), details=[detail])
     context.abort_with_status(rpc_status.to_status(status))
 
 

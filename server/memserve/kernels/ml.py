@@ -221,25 +221,52 @@ def forest(node: Node) -> Forest:
     fnext = np.array([key.get((int(t), int(n)), g) for g, (t, n) in enumerate(zip(trees, a["nodes_falsenodeids"]))])
     nan_true = np.asarray(a.get("nodes_missing_value_tracks_true", [0] * len(ids)), bool)
     tree_list = sorted(set(int(t) for t in trees))
-    roots = np.array([min(g for g, t in enumerate(trees) if t == tid) for tid in tree_list])
+    first: dict[int, int] = {}
+    for g, t in enumerate(trees.tolist()):
+        first.setdefault(int(t), g)
+    roots = np.array([first[tid] for tid in tree_list])
     threshold = np.asarray(_values(node, "nodes_values"), np.float64)
     if "nodes_values_as_tensor" not in a:
         threshold = threshold.astype(np.float32)
     f = Forest(np.asarray(a["nodes_featureids"], np.int64), threshold, modes, tnext, fnext, nan_true, roots, 0, key)
-    # Depth: follow every path once at build time so that evaluation knows when to stop.
-    depth, frontier = 0, roots.copy()
-    while not np.all(modes[frontier] == MODES["LEAF"]):
-        inner = frontier[modes[frontier] != MODES["LEAF"]]
-        frontier = np.concatenate([inner * 0 + tnext[inner], fnext[inner], frontier[modes[frontier] == MODES["LEAF"]]])
-        frontier = np.unique(frontier)
-        depth += 1
-        if depth > len(ids):
-            raise InvalidArgument(f"node {node.name!r} ({node.op_type}): the trees have a cycle")
-    f.depth = depth
+    # Depth: the longest path from a root, so that evaluation knows when to stop.
+    f.depth = _depth(node, modes != MODES["LEAF"], tnext, fnext, roots)
     tests = set(np.unique(modes[modes != MODES["LEAF"]]).tolist())
     f.single_mode = tests.pop() if len(tests) == 1 else None
     f.any_nan_true = bool(nan_true.any())
     return f
+
+
+def _depth(node: Node, inner: np.ndarray, tnext: np.ndarray, fnext: np.ndarray, roots: np.ndarray) -> int:
+    """Longest root-to-leaf path, visiting each tree node once (a hostile chain of 10^5 nodes stays linear);
+    a cycle is refused."""
+    depth = np.zeros(len(inner), np.int64)
+    state = np.zeros(len(inner), np.int8)  # 0 unseen, 1 on the path, 2 done
+    inner_l, tnext_l, fnext_l = inner.tolist(), tnext.tolist(), fnext.tolist()
+    for root in roots.tolist():
+        stack = [root]
+        while stack:
+            g = stack[-1]
+            if state[g] == 2:
+                stack.pop()
+                continue
+            if not inner_l[g]:
+                state[g] = 2
+                stack.pop()
+                continue
+            children = (tnext_l[g], fnext_l[g])
+            if state[g] == 0:
+                state[g] = 1
+                for c in children:
+                    if state[c] == 1 or c == g:
+                        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): the trees have a cycle")
+                    if state[c] == 0:
+                        stack.append(c)
+                continue
+            depth[g] = 1 + max(depth[c] for c in children)
+            state[g] = 2
+            stack.pop()
+    return int(depth[roots].max(initial=0))
 
 
 def _leaf_matrix(node: Node, f: Forest, prefix: str, width: int) -> np.ndarray:
@@ -260,7 +287,11 @@ def _tree_classifier_infer(node, ins):
 def _build_tree_classifier(node, ins, outs):
     f = forest(node)
     labels = np.asarray(_labels(node), np.int64)
-    classes = max(len(labels), int(max(node.attrs["class_ids"])) + 1)
+    ids = node.attrs["class_ids"]
+    if min(ids) < 0 or max(ids) >= max(len(labels), 2):  # the leaf matrix is (nodes, classes): bound it
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): class_ids must index its "
+                              f"{len(labels)} class labels, got {max(ids)}")
+    classes = max(len(labels), int(max(ids)) + 1)
     leaf = _leaf_matrix(node, f, "class", classes)
     base = np.asarray(_values(node, "base_values") or [0.0] * classes, np.float64)
     transform = node.attrs.get("post_transform", "NONE")
