@@ -297,3 +297,16 @@ def test_a_deep_tree_is_measured_in_linear_time_and_cycles_are_refused():
     assert forest(chain(50_000)).depth == 50_000
     with pytest.raises(InvalidArgument, match="cycle"):
         forest(chain(100, cycle=True))
+
+
+def test_an_einsum_fold_costs_its_operands_not_the_product_of_its_letters():
+    """'i,j,k->' over three 2000-element constants: both the shape function (einsum over zero-stride
+    views) and the fold used to do 8e9 multiply-adds, past any deadline, between two checkpoints."""
+    from models import run_local
+
+    a = np.ones(2000, np.float32)
+    model = graph_model([helper.make_node("Einsum", ["a", "a", "a"], ["s"], equation="i,j,k->"),
+                         helper.make_node("Add", ["x", "s"], ["y"])],
+                        [("x", F32, [1])], [("y", F32, [1])], {"a": a})
+    y = run_local(model, {"x": np.zeros(1, np.float32)})[0]
+    np.testing.assert_allclose(y, [2000.0 ** 3], rtol=1e-6)

@@ -94,20 +94,44 @@ register(OpDef("Gemm", _gemm_infer, _build_gemm, scratch=_gemm_scratch))
 
 def _einsum_infer(node: Node, ins: list[TensorInfo | None]) -> list[TensorInfo]:
     eq = node.attrs["equation"].replace(" ", "")
-    try:  # shapes only: einsum over zero-stride views of the right shapes computes nothing big
-        probe = np.einsum(eq, *(np.lib.stride_tricks.as_strided(np.zeros(1, i.dtype), i.shape, [0] * len(i.shape))
-                                for i in ins))
+    try:  # syntax and ranks, on size-1 operands: costs nothing whatever the real sizes
+        np.einsum(eq, *(np.zeros((1,) * len(i.shape), i.dtype) for i in ins))
+        shape = _einsum_shape(eq, [i.shape for i in ins])
     except ValueError as exc:
         raise InvalidArgument(f"node {node.name!r} (Einsum): {exc}") from None
-    return [TensorInfo(ins[0].dtype, probe.shape)]
+    return [TensorInfo(ins[0].dtype, shape)]
+
+
+def _einsum_shape(eq: str, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The output shape from the letters' sizes (running einsum to find it costs the product of them all)."""
+    lhs, _, out = eq.partition("->")
+    sizes: dict[str, int] = {}
+    ellipsis: tuple[int, ...] = ()
+    counts: dict[str, int] = {}
+    for term, shape in zip(lhs.split(","), shapes):
+        pre, dots, post = term.partition("...")
+        n = len(shape) - len(pre) - len(post) if dots else 0
+        if n < 0 or (not dots and len(term) != len(shape)):
+            raise ValueError(f"term {term!r} does not match an operand of rank {len(shape)}")
+        if dots:
+            ellipsis = tuple(np.broadcast_shapes(ellipsis, tuple(shape[len(pre):len(pre) + n])))
+        for letter, d in zip(pre + post, shape[:len(pre)] + shape[len(pre) + n:]):
+            if sizes.get(letter, d) not in (d, 1) and d != 1:
+                raise ValueError(f"letter {letter!r} has sizes {sizes[letter]} and {d}")
+            sizes[letter] = max(sizes.get(letter, d), d)
+            counts[letter] = counts.get(letter, 0) + 1
+    if not _:  # implicit output: the ellipsis, then the letters used once, in order
+        return ellipsis + tuple(sizes[c] for c in sorted(c for c, k in counts.items() if k == 1))
+    pre, dots, post = out.partition("...")
+    return tuple(sizes[c] for c in pre) + (ellipsis if dots else ()) + tuple(sizes[c] for c in post)
 
 
 def _build_einsum(node, ins, outs):
     eq = node.attrs["equation"].replace(" ", "")
-    two_operands = len(ins) == 2
+    many = len(ins) >= 2
 
     def run(i, o):
-        if two_operands:  # optimize=True routes the contraction through BLAS (it allocates its result)
+        if many:  # optimize=True contracts pairwise (BLAS for two operands; "i,j,k->" is not L^3 work)
             np.copyto(o[0], np.einsum(eq, *i, optimize=True))
         else:
             np.einsum(eq, *i, out=o[0])
