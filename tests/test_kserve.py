@@ -141,7 +141,7 @@ def test_errors_have_their_status(triton):
     assert "no model" in expect("NOT_FOUND", lambda: infer(triton, "nope", x))
     wrong_type = InferInput("x", [1, 64], "FP64")
     wrong_type.set_data_from_numpy(x.astype(np.float64))
-    assert "float32" in expect("INVALID_ARGUMENT", lambda: triton.infer("mlp", [wrong_type]))
+    assert "must be FP32, got FP64" in expect("INVALID_ARGUMENT", lambda: triton.infer("mlp", [wrong_type]))
     assert "shape" in expect("INVALID_ARGUMENT", lambda: infer(triton, "mlp", np.ones((1, 63), np.float32)))
     assert "JSON" in expect("INVALID_ARGUMENT", lambda: triton.load_model(
         "bad", config="{not json", files={"file:1/model.onnx": EXAMPLE.read_bytes()}))

@@ -310,3 +310,35 @@ def test_an_einsum_fold_costs_its_operands_not_the_product_of_its_letters():
                         [("x", F32, [1])], [("y", F32, [1])], {"a": a})
     y = run_local(model, {"x": np.zeros(1, np.float32)})[0]
     np.testing.assert_allclose(y, [2000.0 ** 3], rtol=1e-6)
+
+
+def test_a_fold_is_charged_for_its_kernels_temporaries(make_daemon):
+    """A linear Resize of a 2x2 uint8 constant to 12000x12000 was charged 137 MiB (its output) but took
+    2.4 GB (float64 taps and rounding); folds are charged 16 bytes an element at least."""
+    from onnx import TensorProto as T
+
+    model = graph_model([helper.make_node("Resize", ["c", "", "", "sizes"], ["big"], mode="linear", name="up"),
+                         helper.make_node("ReduceMax", ["big"], ["m"], keepdims=0),
+                         helper.make_node("Add", ["x", "m"], ["y"])],
+                        [("x", T.UINT8, [1])], [("y", T.UINT8, [1])],
+                        {"c": np.arange(4, dtype=np.uint8).reshape(1, 1, 2, 2),
+                         "sizes": np.array([1, 1, 12000, 12000], np.int64)})
+    d = make_daemon("--max-load-memory", "400MiB")
+    with d.client() as c:
+        err = _status(lambda: c.query_size(model))
+        assert err.code == EXHAUSTED and "'up' (Resize)" in err.message
+
+
+def test_host_values_a_model_keeps_are_bounded(client):
+    """A 251-byte model kept a 200 MB folded constant on the host for a batch-dependent Gather, counted
+    nowhere; five such loads took 1 GB."""
+    model = graph_model([helper.make_node("Shape", ["x"], ["s"]),
+                         helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+                         helper.make_node("ConstantOfShape", ["n"], ["big"],
+                                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+                         helper.make_node("Gather", ["big", "b"], ["g"], axis=0),
+                         helper.make_node("Add", ["x", "g"], ["y"])],
+                        [("x", F32, ["B", 1])], [("y", F32, ["B", 1])],
+                        {"zero": np.array(0, np.int64), "n": np.array([50_000_000], np.int64)})
+    err = _status(lambda: client.load(model, max_batch=4))
+    assert err.code == INVALID and "keeps" in err.message and "'big'" in err.message

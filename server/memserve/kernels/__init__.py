@@ -99,8 +99,10 @@ def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[Ten
     if op.alias:
         return [np.asarray(ins[0].value).reshape(outs[0].shape)]
     scratch_infos = op.scratch(node, ins, outs) if op.scratch else []
-    # Charged before allocating: a small model may ask to fold a huge tensor (budget.py).
-    budget.charge(sum(t.nbytes for t in [*outs, *scratch_infos]), f"node {node.name!r} ({node.op_type})")
+    # Charged before allocating: a small model may ask to fold a huge tensor (budget.py). Kernels may hold
+    # float64 temporaries the size of their output (Resize does), so each element counts at least 16 bytes.
+    budget.charge(sum(max(t.nbytes, 16 * math.prod(t.shape)) for t in [*outs, *scratch_infos]),
+                  f"node {node.name!r} ({node.op_type})")
     arrays = [np.empty(o.shape, o.dtype) for o in outs]
     scratch = [np.empty(t.shape, t.dtype) for t in scratch_infos]
     op.build(node, ins, outs)([i.value if i is not None else None for i in ins], arrays + scratch)

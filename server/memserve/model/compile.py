@@ -40,6 +40,7 @@ from .plan import BIND, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, Placement, 
 FOLD = "fold"
 SMALL_CONSTANT = 64  # elements; weights this small keep their value for shape functions
 BIND_LIMIT = 4096  # elements; a shape-derived value larger than this is computed per request
+MAX_HOST_VALUES = 16 << 20  # bytes of plan-time values a loaded model may keep on the host
 
 
 @dataclass(frozen=True)
@@ -400,3 +401,11 @@ class _Builder:
             v = slot.info.value
             if v is not None and slot.storage == WEIGHT and i not in keep and v.size > SMALL_CONSTANT:
                 slot.info = TensorInfo(slot.info.dtype, slot.info.shape)
+        # What stays is host memory for the model's life, outside the device's books: keep it small.
+        held = sum(s.info.value.nbytes for s in self.slots if s.info.value is not None)
+        if held > MAX_HOST_VALUES:
+            big = max((s for s in self.slots if s.info.value is not None), key=lambda s: s.info.value.nbytes)
+            raise UnsupportedModel(
+                f"the model keeps {held} bytes of constants on the host to recompute shapes per batch size "
+                f"(the largest, {big.name!r}, {big.info.value.nbytes} bytes); memserve keeps at most "
+                f"{MAX_HOST_VALUES}: fix the batch size (max_batch, input_shapes) or export without that constant")
