@@ -21,14 +21,20 @@ from ..registry import LoadedModel, Registry
 log = logging.getLogger("memserve.api")
 
 
-def deadline(context: grpc.ServicerContext, timeout_us: int = 0) -> float | None:
-    """The earlier of the gRPC deadline and the request's own timeout (by when it must start), as
-    time.monotonic(); with no timeout, the gRPC deadline alone (by when its caller stops waiting)."""
-    now = time.monotonic()
-    candidates = [now + r for r in (context.time_remaining(),) if r is not None]
-    if timeout_us:
-        candidates.append(now + timeout_us / 1e6)
-    return min(candidates, default=None)
+def deadline(context: grpc.ServicerContext) -> float | None:
+    """The call's gRPC deadline as time.monotonic() (None without one)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def deadlines(context: grpc.ServicerContext, timeout_us: int) -> tuple[float | None, float | None]:
+    """(start by, finish by) of a request: it must start before its own timeout and the gRPC deadline,
+    whichever is sooner, and finish before the gRPC deadline, when its caller stops waiting."""
+    finish_by = deadline(context)
+    if not timeout_us:
+        return finish_by, finish_by
+    own = time.monotonic() + timeout_us / 1e6
+    return (own if finish_by is None else min(own, finish_by)), finish_by
 
 
 def load_for_call(registry: Registry, context: grpc.ServicerContext,

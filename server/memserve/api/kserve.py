@@ -24,7 +24,7 @@ from .. import __version__, budget, limits
 from ..errors import InputMismatch, InvalidArgument, MemserveError, NotFound, UnsupportedModel
 from ..registry import Batching, LoadedModel, LoadOptions, Pending, Registry
 from . import decode
-from .calls import deadline, load_for_call
+from .calls import deadlines, load_for_call
 from .status import counted, handle_errors
 from .streams import StreamLimit, pipelined
 
@@ -102,21 +102,17 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelStreamInfer(self, request_iterator, context):
         """Submit requests as they arrive; answer each as it finishes, errors with their request's id."""
-        calls: dict[int, tuple] = {}
 
-        def submit(request: pb.ModelInferRequest) -> Pending:
-            calls[id(request)] = (time.perf_counter(), None)
+        def submit(request: pb.ModelInferRequest) -> tuple[Pending, tuple]:
             model, pending, wanted, raw = self._submit(request, context)
-            calls[id(request)] = (calls[id(request)][0], (model, wanted, raw))
-            return pending
+            return pending, (model, wanted, raw)
 
-        def respond(request: pb.ModelInferRequest, result) -> pb.ModelStreamInferResponse:
-            start, (model, wanted, raw) = calls.pop(id(request))
+        def respond(request: pb.ModelInferRequest, state: tuple, result, start: float) -> pb.ModelStreamInferResponse:
+            model, wanted, raw = state
             response = infer_response(request, model, result, wanted, raw)
             return self._counted(request, pb.ModelStreamInferResponse(infer_response=response), "OK", start)
 
-        def fail(request: pb.ModelInferRequest, err: MemserveError) -> pb.ModelStreamInferResponse:
-            start, _ = calls.pop(id(request), (time.perf_counter(), None))
+        def fail(request: pb.ModelInferRequest, err: MemserveError, start: float) -> pb.ModelStreamInferResponse:
             # As Triton does: the error, and the request's id and model so the client can match it.
             response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                              id=request.id)
@@ -133,8 +129,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _submit(self, request: pb.ModelInferRequest, context) -> tuple[LoadedModel, Pending, list[str], bool]:
         model, arrays, wanted, raw = self._decode(request)
-        pending = self.registry.submit(model.id, arrays, deadline(context, _timeout_us(request)), _priority(request),
-                                       deadline(context))
+        start_by, finish_by = deadlines(context, _timeout_us(request))
+        pending = self.registry.submit(model.id, arrays, start_by, _priority(request), finish_by)
         return model, pending, wanted, raw
 
     def _decode(self, request: pb.ModelInferRequest):

@@ -18,7 +18,7 @@ from ..model.plan import RUN
 from ..pool import Workspace
 from ..registry import Batching, ExecuteResult, LoadedModel, LoadOptions, ModelRef, Pending, Registry
 from . import decode
-from .calls import deadline, load_for_call
+from .calls import deadline, deadlines, load_for_call
 from .status import counted, handle_errors
 from .streams import StreamLimit, pipelined
 
@@ -73,17 +73,15 @@ class NativeServicer(pb_grpc.MemserveServicer):
 
     def ExecuteStream(self, request_iterator, context):
         """Submit requests as they arrive; answer each as it finishes, errors included."""
-        started: dict[int, float] = {}
 
-        def submit(request: pb.ExecuteRequest) -> Pending:
-            started[id(request)] = time.perf_counter()
-            return self._submit(request, context)
+        def submit(request: pb.ExecuteRequest) -> tuple[Pending, None]:
+            return self._submit(request, context), None
 
-        def respond(request: pb.ExecuteRequest, result: ExecuteResult) -> pb.ExecuteResponse:
-            return self._counted(request, execute_response(request.id, result), started.pop(id(request), 0.0))
+        def respond(request: pb.ExecuteRequest, _, result: ExecuteResult, start: float) -> pb.ExecuteResponse:
+            return self._counted(request, execute_response(request.id, result), start)
 
-        def fail(request: pb.ExecuteRequest, err: MemserveError) -> pb.ExecuteResponse:
-            return self._counted(request, error_response(request.id, err), started.pop(id(request), 0.0))
+        def fail(request: pb.ExecuteRequest, err: MemserveError, start: float) -> pb.ExecuteResponse:
+            return self._counted(request, error_response(request.id, err), start)
 
         return pipelined(request_iterator, context, submit, respond, fail, "execute-stream", self.streams)
 
@@ -95,8 +93,9 @@ class NativeServicer(pb_grpc.MemserveServicer):
 
     def _submit(self, request: pb.ExecuteRequest, context) -> Pending:
         limits.check_range("timeout_us", request.timeout_us, 0, limits.MAX_TIMEOUT_US)
-        return self.registry.submit(model_ref(request.model), input_arrays(request.inputs),
-                                    deadline(context, request.timeout_us), request.priority, deadline(context))
+        start_by, finish_by = deadlines(context, request.timeout_us)
+        return self.registry.submit(model_ref(request.model), input_arrays(request.inputs), start_by,
+                                    request.priority, finish_by)
 
     @handle_errors
     def Unload(self, request, context):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -23,9 +24,9 @@ from ..registry import Pending
 log = logging.getLogger("memserve.api")
 MAX_OWED = 256  # answers one stream may owe before it stops reading requests
 
-Submit = Callable[[Any], Pending]  # decode and queue one request
-Respond = Callable[[Any, Any], Any]  # (request, ExecuteResult) -> response message
-Fail = Callable[[Any, MemserveError], Any]  # (request, error) -> error response message
+Submit = Callable[[Any], tuple[Pending, Any]]  # decode and queue one request: (pending, what respond needs)
+Respond = Callable[[Any, Any, Any, float], Any]  # (request, state, ExecuteResult, start) -> response
+Fail = Callable[[Any, MemserveError, float], Any]  # (request, error, start) -> error response
 
 
 class StreamLimit:
@@ -66,28 +67,28 @@ def _pipelined(request_iterator, context, submit: Submit, respond: Respond, fail
     lock = threading.Lock()
     context.add_callback(lambda: [p.cancel() for p in _drain(live, lock)])
 
-    def error(request, exc: BaseException) -> None:
+    def error(request, exc: BaseException, start: float) -> None:
         if not isinstance(exc, MemserveError):
             log.error("internal error in %s", name, exc_info=exc)
             exc = InternalError(f"internal error: {type(exc).__name__}: {exc}")
         try:
-            answers.put(fail(request, exc))
+            answers.put(fail(request, exc, start))
         except Exception:  # noqa: BLE001 - the request is still owed an answer
             log.exception("could not build the error answer in %s", name)
             answers.put(_NOTHING)
 
-    def finish(request, pending: Pending) -> None:
+    def finish(request, pending: Pending, state, start: float) -> None:
         with lock:
             live.pop(id(pending), None)
         try:
             future = pending.request.future
             exc = future.exception()
             if exc is None:
-                answers.put(respond(request, future.result()))
+                answers.put(respond(request, state, future.result(), start))
                 return
         except BaseException as failure:  # noqa: BLE001 - building the answer failed
             exc = failure
-        error(request, exc)
+        error(request, exc, start)
 
     def read() -> None:
         count = 0
@@ -97,14 +98,16 @@ def _pipelined(request_iterator, context, submit: Submit, respond: Respond, fail
                     if not context.is_active():
                         return
                 count += 1
+                start = time.perf_counter()
                 try:
-                    pending = submit(request)
+                    pending, state = submit(request)
                 except BaseException as exc:  # noqa: BLE001 - decode or submit failed: answer and go on
-                    error(request, exc)
+                    error(request, exc, start)
                     continue
                 with lock:
                     live[id(pending)] = pending
-                pending.request.future.add_done_callback(lambda f, r=request, p=pending: finish(r, p))
+                pending.request.future.add_done_callback(
+                    lambda f, r=request, p=pending, s=state, t=start: finish(r, p, s, t))
         except grpc.RpcError:
             pass  # the client went away; the cancel callback drops what waits
         except Exception:  # noqa: BLE001 - a reader that dies would leave the stream waiting forever
