@@ -36,12 +36,22 @@ def _threads(text: str) -> int:
     return n
 
 
+def host_ram() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 * 2**30
+
+
 def default_device_memory() -> int:
     """Half of the host's RAM: the rest stays for the process and the OS."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError):
-        return 4 * 2**30
+    return host_ram() // 2
+
+
+def default_load_memory(device_memory: int) -> int:
+    """Enough load-time memory for a model as large as the device (upload, parsed model and weights:
+    about 4x its size), at most the RAM."""
+    return min(4 * device_memory, host_ram())
 
 
 @dataclass
@@ -143,6 +153,7 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
     ns = p.parse_args(argv)
     cfg = Config(**vars(ns))
     cfg.device_memory = cfg.device_memory or default_device_memory()
+    cfg.max_load_memory = cfg.max_load_memory or default_load_memory(cfg.device_memory)
     return cfg
 
 

@@ -7,7 +7,6 @@ shared buffers); executions only take a lane of the model.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -125,7 +124,7 @@ class Registry:
     def __init__(self, device: Device, max_queue: int = 1024, metrics: Metrics | None = None,
                  max_load_memory: int = 0):
         self.device = device
-        self.budget = LoadBudget(max_load_memory or default_load_memory(device.capacity))
+        self.budget = LoadBudget(max_load_memory or 4 * device.capacity)  # the daemon passes --max-load-memory
         self.metrics = metrics
         self.context = device.context
         self.weights = WeightStore(device)
@@ -411,16 +410,6 @@ class Registry:
             self.metrics.batch_rows.labels(model.name).observe(rows)
         return [ExecuteResult(t, int((r.started - r.enqueued) * 1e6), int((done - r.started) * 1e6))
                 for t, r in zip(results, reqs)]
-
-
-def default_load_memory(capacity: int) -> int:
-    """Host bytes loads in flight may hold together (budget.py) unless --max-load-memory says: enough for
-    a model as large as the device (upload, parsed model and weights: about 4x its size), at most the RAM."""
-    try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        ram = 4 * capacity
-    return min(4 * capacity, ram)
 
 
 def _check_batchable(plan: Plan, b: Batching) -> None:
