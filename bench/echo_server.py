@@ -8,8 +8,8 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import serve  # noqa: E402

@@ -30,9 +30,9 @@ def main() -> None:
     import onnxruntime as ort
 
     from memserve_client import Client
-    from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-    from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
-    from memserve_client.tensors import to_proto
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+    from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+    from memserve_api.tensors import to_proto
 
     import grpc
 

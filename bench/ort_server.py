@@ -15,9 +15,9 @@ import threading
 import numpy as np
 import onnxruntime as ort
 
-from memserve_client import tensors
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api import tensors
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import serve  # noqa: E402

@@ -37,9 +37,9 @@ def main() -> None:
     import tritonclient.grpc as tc
 
     from memserve_client import Client
-    from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-    from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
-    from memserve_client.tensors import to_proto
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+    from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+    from memserve_api.tensors import to_proto
 
     x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
     daemon, target = memserved("--device-memory", "64MiB")

@@ -56,9 +56,9 @@ def load_test(target: str, model_id: int, name: str, shape, concurrency: int, se
     """(requests/s, p50 ms, p99 ms) of one-row Execute calls."""
     import grpc
 
-    from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-    from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
-    from memserve_client.tensors import to_proto
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+    from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+    from memserve_api.tensors import to_proto
 
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     req = pb.ExecuteRequest(model=pb.ModelRef(id=model_id), inputs=[to_proto(name, x)])

@@ -48,8 +48,8 @@ def test_help_documents_every_setting():
 
 
 def test_json_logs_carry_request_ids(make_daemon):
-    from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-    from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+    from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
     d = make_daemon("--log-format", "json")
     with d.client() as c:

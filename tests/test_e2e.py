@@ -120,8 +120,8 @@ def test_every_bad_input_gets_its_status_and_the_daemon_keeps_serving(client):
 
 
 def test_malformed_messages_on_the_raw_stub(daemon, client):
-    from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-    from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+    from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(daemon.target) as ch:
         stub = pb_grpc.MemserveStub(ch)
@@ -140,8 +140,8 @@ def test_malformed_messages_on_the_raw_stub(daemon, client):
 
 
 def test_interrupted_upload_leaves_nothing(daemon, client):
-    from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-    from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+    from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
     data = mlp_bytes()
 

@@ -86,9 +86,9 @@ def test_i6_expired_and_cancelled_requests_are_dropped_before_they_run(daemon, c
     with pytest.raises(MemserveError) as e:
         client.execute(m, {"x": small}, timeout=0.02)
     assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-    from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
-    from memserve_client.tensors import to_proto
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+    from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+    from memserve_api.tensors import to_proto
 
     with grpc.insecure_channel(daemon.target) as ch:
         call = pb_grpc.MemserveStub(ch).Execute.future(

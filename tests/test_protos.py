@@ -12,7 +12,7 @@ def test_generated_stubs_are_not_stale(tmp_path):
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in gen.generate(tmp_path)}
     committed_root = ROOT / "client"
     committed = {p.relative_to(committed_root): p.read_bytes()
-                 for p in (committed_root / "memserve_client" / "pb").rglob("*")
+                 for p in (committed_root / "memserve_api" / "pb").rglob("*")
                  if p.is_file() and "__pycache__" not in p.parts}
     assert sorted(fresh) == sorted(committed), "stub files differ: run `make protos`"
     stale = [str(p) for p in fresh if fresh[p] != committed[p]]

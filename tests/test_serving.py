@@ -134,9 +134,9 @@ def _busy(daemon, model, x, n):
 
 
 def test_request_timeout_drops_it_before_it_runs(daemon, client):
-    from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-    from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
-    from memserve_client.tensors import to_proto
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+    from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+    from memserve_api.tensors import to_proto
 
     m = client.load(chain_model(width=1024, depth=8), name="slow", max_batch=512)
     big = np.ones((512, 1024), np.float32)

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
 from models import ROOT, chain_model, mlp_bytes
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from memserve_client import MemserveError
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
-from memserve_client.tensors import from_proto, to_proto
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api.tensors import from_proto, to_proto
 
 from models import mlp_bytes, ort_run
 

@@ -1,7 +1,7 @@
 """Regenerate the Python stubs for every .proto under proto/.
 
-The stubs land in client/memserve_client/pb/, importable as
-``memserve_client.pb.<package path>``; both the daemon and the client import
+The stubs land in client/memserve_api/pb/, importable as
+``memserve_api.pb.<package path>``; both the daemon and the client import
 them from there. protoc's virtual include path gives the generated modules
 that import prefix, so no post-processing of the output is needed.
 
@@ -15,11 +15,11 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-PREFIX = "memserve_client/pb"
+PREFIX = "memserve_api/pb"
 
 
 def generate(out_root: pathlib.Path) -> list[pathlib.Path]:
-    """Write the stubs under out_root/memserve_client/pb and return them."""
+    """Write the stubs under out_root/memserve_api/pb and return them."""
     import grpc_tools
     from grpc_tools import protoc
 

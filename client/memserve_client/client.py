@@ -12,10 +12,10 @@ import numpy as np
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from . import tensors
+from memserve_api import tensors
 from .plan_view import Placement, PlanInfo
-from .pb.memserve.v1 import memserve_pb2 as pb
-from .pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
 _CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 CHUNK_SIZE = 512 << 10  # well under any sane --max-message-size

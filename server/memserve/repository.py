@@ -9,7 +9,7 @@ import pathlib
 
 from google.protobuf import text_format
 
-from memserve_client.pb.inference import model_config_pb2 as mc
+from memserve_api.pb.inference import model_config_pb2 as mc
 
 from .errors import InvalidArgument, NotFound
 

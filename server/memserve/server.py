@@ -15,8 +15,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memserve_client.pb.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
-from memserve_client.pb.memserve.v1 import memserve_pb2, memserve_pb2_grpc
+from memserve_api.pb.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
+from memserve_api.pb.memserve.v1 import memserve_pb2, memserve_pb2_grpc
 
 from .api.auth import TokenInterceptor, read_token
 from .api.kserve import KServeServicer, load_options

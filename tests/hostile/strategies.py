@@ -18,7 +18,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from memserve.kernels import REGISTRY
 from tritonclient.grpc import service_pb2 as kpb  # Triton's own v2 stubs: memserve's share their proto package
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
 
 ML = "ai.onnx.ml"
 OPS = sorted(REGISTRY)  # (domain, op_type)

@@ -40,8 +40,8 @@ import strategies as S
 from conftest import Daemon
 from tritonclient.grpc import service_pb2 as kpb  # Triton's own v2 stubs: memserve's share their proto package
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 from models import chain_model, graph_model, mlp_bytes
 
 CALL_TIMEOUT = float(os.environ.get("FUZZ_CALL_TIMEOUT", "30"))  # seconds; a call that takes this long hangs

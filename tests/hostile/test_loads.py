@@ -19,8 +19,8 @@ from memserve.device import CpuDevice
 from memserve.errors import Cancelled, ResourceExhausted
 from memserve.registry import LoadOptions, Registry
 from memserve_client import Client, MemserveError
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 from models import F32, ROOT, graph_model, mlp_bytes, op_chain
 
 EXAMPLE = ROOT / "examples" / "mlp.onnx"

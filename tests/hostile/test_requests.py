@@ -12,8 +12,8 @@ from onnx import helper
 
 from tritonclient.grpc import service_pb2 as kpb  # Triton's own v2 stubs: memserve's share their proto package
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 from models import F32, ROOT, graph_model
 
 EXAMPLE = ROOT / "examples" / "mlp.onnx"

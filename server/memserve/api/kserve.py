@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from memserve_client.pb.inference import grpc_service_pb2 as pb
-from memserve_client.pb.inference import grpc_service_pb2_grpc as pb_grpc
-from memserve_client.pb.inference import model_config_pb2 as mc
+from memserve_api.pb.inference import grpc_service_pb2 as pb
+from memserve_api.pb.inference import grpc_service_pb2_grpc as pb_grpc
+from memserve_api.pb.inference import model_config_pb2 as mc
 
 from .. import __version__, budget, limits
 from ..errors import InputMismatch, InvalidArgument, MemserveError, NotFound, UnsupportedModel

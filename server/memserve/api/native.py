@@ -7,9 +7,9 @@ from typing import Iterator
 
 import grpc
 
-from memserve_client import tensors
-from memserve_client.pb.memserve.v1 import memserve_pb2 as pb
-from memserve_client.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
+from memserve_api import tensors
+from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
 from .. import budget, limits
 from ..errors import Cancelled, InputMismatch, InvalidArgument, MemserveError, ResourceExhausted

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from memserve_client.pb.memserve.v1 import memserve_pb2 as memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2
+from memserve_api.pb.memserve.v1 import memserve_pb2 as memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2
 
 GRPC_GENERATED_VERSION = '1.81.0'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in memserve_client/pb/memserve/v1/memserve_pb2_grpc.py depends on'
+        + ' but the generated code in memserve_api/pb/memserve/v1/memserve_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,43 +36,43 @@ class MemserveStub:
         """
         self.Load = channel.stream_unary(
                 '/memserve.v1.Memserve/Load',
-                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadResponse.FromString,
                 _registered_method=True)
         self.QuerySize = channel.stream_unary(
                 '/memserve.v1.Memserve/QuerySize',
-                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.QuerySizeResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.QuerySizeResponse.FromString,
                 _registered_method=True)
         self.Execute = channel.unary_unary(
                 '/memserve.v1.Memserve/Execute',
-                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
         self.ExecuteStream = channel.stream_stream(
                 '/memserve.v1.Memserve/ExecuteStream',
-                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
         self.Unload = channel.unary_unary(
                 '/memserve.v1.Memserve/Unload',
-                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadResponse.FromString,
                 _registered_method=True)
         self.DescribeModel = channel.unary_unary(
                 '/memserve.v1.Memserve/DescribeModel',
-                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelRef.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelInfo.FromString,
+                request_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelRef.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelInfo.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/memserve.v1.Memserve/ListModels',
-                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetDeviceStatus = channel.unary_unary(
                 '/memserve.v1.Memserve/GetDeviceStatus',
-                request_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.GetDeviceStatusRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.DeviceStatus.FromString,
+                request_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.GetDeviceStatusRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.DeviceStatus.FromString,
                 _registered_method=True)
 
 
@@ -138,43 +138,43 @@ def add_MemserveServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Load': grpc.stream_unary_rpc_method_handler(
                     servicer.Load,
-                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadResponse.SerializeToString,
             ),
             'QuerySize': grpc.stream_unary_rpc_method_handler(
                     servicer.QuerySize,
-                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.QuerySizeResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.QuerySizeResponse.SerializeToString,
             ),
             'Execute': grpc.unary_unary_rpc_method_handler(
                     servicer.Execute,
-                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.SerializeToString,
             ),
             'ExecuteStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ExecuteStream,
-                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.SerializeToString,
             ),
             'Unload': grpc.unary_unary_rpc_method_handler(
                     servicer.Unload,
-                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadResponse.SerializeToString,
             ),
             'DescribeModel': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeModel,
-                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelRef.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelRef.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelInfo.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetDeviceStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDeviceStatus,
-                    request_deserializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.GetDeviceStatusRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.DeviceStatus.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.GetDeviceStatusRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.DeviceStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -202,8 +202,8 @@ class Memserve:
             request_iterator,
             target,
             '/memserve.v1.Memserve/Load',
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.SerializeToString,
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadResponse.FromString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.SerializeToString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -229,8 +229,8 @@ class Memserve:
             request_iterator,
             target,
             '/memserve.v1.Memserve/QuerySize',
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.SerializeToString,
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.QuerySizeResponse.FromString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.LoadRequest.SerializeToString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.QuerySizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -256,8 +256,8 @@ class Memserve:
             request,
             target,
             '/memserve.v1.Memserve/Execute',
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -283,8 +283,8 @@ class Memserve:
             request_iterator,
             target,
             '/memserve.v1.Memserve/ExecuteStream',
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteRequest.SerializeToString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ExecuteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -310,8 +310,8 @@ class Memserve:
             request,
             target,
             '/memserve.v1.Memserve/Unload',
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadRequest.SerializeToString,
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadResponse.FromString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadRequest.SerializeToString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.UnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -337,8 +337,8 @@ class Memserve:
             request,
             target,
             '/memserve.v1.Memserve/DescribeModel',
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelRef.SerializeToString,
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelInfo.FromString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelRef.SerializeToString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -364,8 +364,8 @@ class Memserve:
             request,
             target,
             '/memserve.v1.Memserve/ListModels',
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsRequest.SerializeToString,
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsResponse.FromString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsRequest.SerializeToString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -391,8 +391,8 @@ class Memserve:
             request,
             target,
             '/memserve.v1.Memserve/GetDeviceStatus',
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.GetDeviceStatusRequest.SerializeToString,
-            memserve__client_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.DeviceStatus.FromString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.GetDeviceStatusRequest.SerializeToString,
+            memserve__api_dot_pb_dot_memserve_dot_v1_dot_memserve__pb2.DeviceStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from memserve_client.pb.inference import grpc_service_pb2 as memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2
+from memserve_api.pb.inference import grpc_service_pb2 as memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2
 
 GRPC_GENERATED_VERSION = '1.81.0'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in memserve_client/pb/inference/grpc_service_pb2_grpc.py depends on'
+        + ' but the generated code in memserve_api/pb/inference/grpc_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,93 +36,93 @@ class GRPCInferenceServiceStub:
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
                 _registered_method=True)
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
                 _registered_method=True)
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
                 _registered_method=True)
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
         self.ModelStreamInfer = channel.stream_stream(
                 '/inference.GRPCInferenceService/ModelStreamInfer',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
         self.ModelConfig = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelConfig',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
                 _registered_method=True)
         self.RepositoryModelLoad = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryModelLoad',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
                 _registered_method=True)
         self.RepositoryModelUnload = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryModelUnload',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
                 _registered_method=True)
         self.SystemSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
                 _registered_method=True)
         self.SystemSharedMemoryRegister = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
                 _registered_method=True)
         self.SystemSharedMemoryUnregister = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
                 _registered_method=True)
         self.CudaSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/CudaSharedMemoryStatus',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
                 _registered_method=True)
         self.CudaSharedMemoryRegister = channel.unary_unary(
                 '/inference.GRPCInferenceService/CudaSharedMemoryRegister',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
                 _registered_method=True)
         self.CudaSharedMemoryUnregister = channel.unary_unary(
                 '/inference.GRPCInferenceService/CudaSharedMemoryUnregister',
-                request_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-                response_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+                request_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+                response_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
                 _registered_method=True)
 
 
@@ -243,93 +243,93 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
             ),
             'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
                     servicer.ModelStreamInfer,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'ModelConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelConfig,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
             ),
             'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryModelLoad,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.SerializeToString,
             ),
             'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryModelUnload,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
             'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryStatus,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
             ),
             'SystemSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryRegister,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
             ),
             'SystemSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryUnregister,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
             ),
             'CudaSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.CudaSharedMemoryStatus,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
             ),
             'CudaSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
                     servicer.CudaSharedMemoryRegister,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
             ),
             'CudaSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
                     servicer.CudaSharedMemoryUnregister,
-                    request_deserializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
-                    response_serializer=memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
+                    request_deserializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.FromString,
+                    response_serializer=memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,8 +357,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerLive',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -384,8 +384,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerReady',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -411,8 +411,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelReady',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -438,8 +438,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerMetadata',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -465,8 +465,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelMetadata',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -492,8 +492,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelInfer',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -519,8 +519,8 @@ class GRPCInferenceService:
             request_iterator,
             target,
             '/inference.GRPCInferenceService/ModelStreamInfer',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -546,8 +546,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelConfig',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -573,8 +573,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelStatistics',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -600,8 +600,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryIndex',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -627,8 +627,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryModelLoad',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -654,8 +654,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/RepositoryModelUnload',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -681,8 +681,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -708,8 +708,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/SystemSharedMemoryRegister',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -735,8 +735,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/SystemSharedMemoryUnregister',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -762,8 +762,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/CudaSharedMemoryStatus',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -789,8 +789,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/CudaSharedMemoryRegister',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -816,8 +816,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/CudaSharedMemoryUnregister',
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
-            memserve__client_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryRequest.SerializeToString,
+            memserve__api_dot_pb_dot_inference_dot_grpc__service__pb2.SharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
