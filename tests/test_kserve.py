@@ -110,6 +110,10 @@ def test_statistics_and_repository_index(triton, client):
         infer(triton, "mlp", x)
     stats = triton.get_inference_statistics("mlp").model_stats[0]
     assert stats.inference_stats.success.count == 3 and stats.inference_count == 6 and stats.execution_count == 3
+    # perf_analyzer aborts unless the three compute counts agree (one per request, as Triton counts them).
+    s = stats.inference_stats
+    assert s.compute_input.count == s.compute_infer.count == s.compute_output.count == 3
+    assert s.compute_infer.ns > 0 and s.queue.count == 3
     model = client.describe("mlp")
     assert sorted(u.byte_size for u in stats.memory_usage) == sorted([model.weight_size, model.work_size])
     index = triton.get_model_repository_index()

@@ -21,7 +21,10 @@ class ModelStats:
     success: Duration = field(default_factory=Duration)  # whole request, queue included
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
-    compute: Duration = field(default_factory=Duration)  # per execution (a merged batch counts once)
+    # Per request, as Triton counts it: each request of a merged batch is charged the batch's compute time.
+    # Inputs are copied in and outputs out inside the execution, so compute_input / compute_output report
+    # the same count with no time of their own (perf_analyzer requires the three counts to match).
+    compute: Duration = field(default_factory=Duration)
     inference_count: int = 0  # rows answered
     execution_count: int = 0
     last_inference_ms: int = 0
@@ -35,11 +38,11 @@ class ModelStats:
             (self.success if ok else self.fail).add(int((now - submitted) * 1e9))
             if ok:
                 self.queue.add(int((started - submitted) * 1e9))
+                self.compute.add(int((now - started) * 1e9))
                 self.inference_count += rows
                 self.last_inference_ms = int(time.time() * 1000)
 
     def executed(self, rows: int, compute_ns: int) -> None:
         with self._lock:
             self.execution_count += 1
-            self.compute.add(compute_ns)
             self.batches.setdefault(rows, Duration()).add(compute_ns)

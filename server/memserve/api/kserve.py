@@ -322,7 +322,8 @@ def statistics(m: LoadedModel) -> pb.ModelStatistics:
             inference_stats=pb.InferStatistics(
                 success=d(count=s.success.count, ns=s.success.ns), fail=d(count=s.fail.count, ns=s.fail.ns),
                 queue=d(count=s.queue.count, ns=s.queue.ns),
-                compute_infer=d(count=s.compute.count, ns=s.compute.ns)),
+                compute_input=d(count=s.compute.count), compute_infer=d(count=s.compute.count, ns=s.compute.ns),
+                compute_output=d(count=s.compute.count)),
             batch_stats=[pb.InferBatchStatistics(batch_size=rows, compute_infer=d(count=v.count, ns=v.ns))
                          for rows, v in sorted(s.batches.items())],
             memory_usage=[pb.MemoryUsage(type="CPU", id=0, byte_size=m.plan.weight_size),
