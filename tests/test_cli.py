@@ -1,9 +1,14 @@
 """The `memserve` command line against the real daemon, as a user types it."""
+import os
+import socket
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from memserve_client import plan_view
+from memserve_client.cli import main
 from models import ROOT
 
 EXAMPLE = str(ROOT / "examples" / "mlp.onnx")
@@ -57,16 +62,52 @@ def test_large_upload_shows_progress(daemon, client, tmp_path):
     assert "weight size: 12582912 bytes" in r.stdout
 
 
-def test_plan_locally_and_from_the_daemon_agree_and_draw(daemon, tmp_path):
-    local = subprocess.run([sys.executable, "-m", "memserve_client.cli", "plan", EXAMPLE, "--max-batch", "8",
-                            "--png", str(tmp_path / "plan.png")], capture_output=True, text=True, timeout=60)
-    assert local.returncode == 0, local.stderr
-    remote = cli(daemon, "plan", EXAMPLE, "--max-batch", "8").stdout
-    assert "work size:        8192 bytes" in local.stdout and "(1.0000 x)" in local.stdout
-    assert "peak at step" in local.stdout and "largest work tensors:" in local.stdout
-    assert local.stdout.split("\n\nwrote")[0].strip() == remote.strip()
+def test_upload_without_tqdm_has_no_bar(daemon, client, tmp_path, monkeypatch, capsys):
+    from models import chain_model
+
+    path = tmp_path / "big.onnx"
+    path.write_bytes(chain_model(width=1024, depth=3))  # 12 MiB: a bar when tqdm is there
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # the `progress` extra not installed
+    assert main(["--target", daemon.target, "load", str(path), "--name", "big"]) == 0
+    out, err = capsys.readouterr()
+    assert "weight size: 12582912 bytes" in out and "upload" not in err
+
+
+def test_plan_asks_the_daemon_reports_and_draws(daemon, client, tmp_path):
+    # No --target: $MEMSERVE_TARGET names the daemon, as for every other command.
+    env = dict(os.environ, MEMSERVE_TARGET=daemon.target)
+    r = subprocess.run([sys.executable, "-m", "memserve_client.cli", "plan", EXAMPLE, "--max-batch", "8",
+                        "--png", str(tmp_path / "plan.png")], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    report, _, wrote = r.stdout.partition("\n\nwrote ")
+    assert wrote.strip() == str(tmp_path / "plan.png")
+    assert "work size:        8192 bytes (8.0 KiB)" in report and "(1.0000 x)" in report
+    assert "peak at step" in report and "largest work tensors:" in report
+    assert report.strip() == plan_view.report(client.plan(EXAMPLE, max_batch=8)).strip()
+    assert cli(daemon, "plan", EXAMPLE, "--max-batch", "8").stdout.strip() == report.strip()
     png = (tmp_path / "plan.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert client.device_status().used == 0  # planned, not loaded
+
+
+def test_plan_without_a_daemon_says_to_start_one():
+    with socket.socket() as s:  # bound, never listening: connecting to it is refused
+        s.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{s.getsockname()[1]}"
+        r = subprocess.run([sys.executable, "-m", "memserve_client.cli", "--target", target, "plan", EXAMPLE],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"memserve: error: no daemon answers at {target}: memserve plan asks a running daemon "
+                           "(memserved) to plan the model; start one with `make serve` or give --target (UNAVAILABLE")
+
+
+def test_plan_png_without_matplotlib_says_so_before_uploading(daemon, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the `plot` extra not installed
+    with pytest.raises(SystemExit) as exc:
+        main(["--target", daemon.target, "plan", EXAMPLE, "--png", str(tmp_path / "plan.png")])
+    assert "needs matplotlib" in str(exc.value.code) and "pip install matplotlib" in str(exc.value.code)
+    assert not (tmp_path / "plan.png").exists()
 
 
 def test_plan_from_the_daemon_allocates_nothing(daemon, client):

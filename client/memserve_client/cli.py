@@ -11,6 +11,9 @@ from . import plan_view
 from .client import Client, MemserveError, Model, TensorSpec
 
 PROGRESS_FROM = 8 << 20  # show an upload progress bar for models at least this large
+DEFAULT_TARGET = "127.0.0.1:50051"
+NO_DAEMON_FOR_PLAN = ("memserve plan asks a running daemon (memserved) to plan the model; "
+                      "start one with `make serve` or give --target")
 
 
 def _ref(text: str) -> int | str:
@@ -39,7 +42,10 @@ def _print_model(m: Model) -> None:
 def _progress(path: str):
     if not isinstance(path, str) or os.path.getsize(path) < PROGRESS_FROM:
         return None, None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm  # optional: the client's `progress` extra
+    except ImportError:
+        return None, None  # the upload goes on without a bar
 
     bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="upload", file=sys.stderr)
     return (lambda sent, total: bar.update(sent - bar.n)), bar
@@ -103,12 +109,17 @@ def cmd_infer(c: Client, a) -> None:
     print(f"queued {r.queue_us} us, computed {r.compute_us} us", file=sys.stderr)
 
 
-def cmd_plan(c: Client | None, a) -> None:
-    shapes = _input_shapes(a.input_shape)
-    if c is None:
-        info = plan_view.local_plan(a.model, a.max_batch, shapes)
-    else:
-        info = c.plan(a.model, max_batch=a.max_batch, input_shapes=shapes)
+def cmd_plan(c: Client, a) -> None:
+    """The daemon compiles and plans the model (QuerySize); nothing is loaded."""
+    if a.png:
+        plan_view.need_matplotlib()  # before the upload, not after
+    try:
+        info = c.plan(a.model, max_batch=a.max_batch, input_shapes=_input_shapes(a.input_shape))
+    except MemserveError as err:
+        if err.code.name == "UNAVAILABLE" and err.acl_code is None:  # no daemon answered (a daemon sets a code)
+            raise ConnectionError(f"no daemon answers at {a.target_used}: {NO_DAEMON_FOR_PLAN} "
+                                  f"({err.code.name}: {err.message})") from None
+        raise
     print(plan_view.report(info, a.top))
     if a.png:
         plan_view.draw(info, a.png, os.path.basename(a.model))
@@ -145,8 +156,7 @@ def cmd_status(c: Client, a) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memserve", description="Talk to a memserve daemon.")
-    p.add_argument("--target", help="daemon address (default: $MEMSERVE_TARGET or 127.0.0.1:50051; "
-                                    "`plan` runs locally unless --target is given)")
+    p.add_argument("--target", help=f"daemon address (default: $MEMSERVE_TARGET or {DEFAULT_TARGET})")
     p.add_argument("--token-file", help="file with the daemon's admin token (default: $MEMSERVE_TOKEN)")
     p.add_argument("--tls-ca", help="PEM roots to verify a TLS daemon (use --tls for the system's)")
     p.add_argument("--tls", action="store_true", help="connect with TLS")
@@ -168,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("query-size", help="work and weight memory a model would need")
     model_upload(sp)
     sp.set_defaults(fn=cmd_query_size)
-    sp = sub.add_parser("plan", help="show (and draw) a model's workspace plan")
+    sp = sub.add_parser("plan", help="show (and draw) a model's workspace plan, as the daemon plans it")
     model_upload(sp)
     sp.add_argument("--png", help="also draw the plan into this PNG file (needs matplotlib)")
     sp.add_argument("--top", type=int, default=10, help="how many of the largest tensors to list")
@@ -204,11 +214,9 @@ def _security(a) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    a.target_used = a.target or os.environ.get("MEMSERVE_TARGET") or DEFAULT_TARGET
     try:
-        if a.fn is cmd_plan and not a.target:
-            cmd_plan(None, a)
-            return 0
-        with Client(a.target or os.environ.get("MEMSERVE_TARGET") or "127.0.0.1:50051", **_security(a)) as c:
+        with Client(a.target_used, **_security(a)) as c:
             a.fn(c, a)
     except MemserveError as err:
         print(f"memserve: error: {err}", file=sys.stderr)

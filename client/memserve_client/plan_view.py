@@ -28,16 +28,13 @@ class PlanInfo:
     placements: tuple[Placement, ...]
 
 
-def local_plan(model_path: str, max_batch: int | None, input_shapes: dict) -> PlanInfo:
-    """Compile in this process (no daemon needed) with the daemon's own compiler."""
-    from memserve.model import CompileOptions, compile_model
-    from memserve.model.plan import RUN
+def need_matplotlib() -> None:
+    """matplotlib is optional (the client's `plot` extra): say so plainly when it is missing."""
+    import importlib.util
 
-    with open(model_path, "rb") as fh:
-        plan = compile_model(fh.read(), CompileOptions(max_batch or 0, input_shapes))
-    return PlanInfo(plan.work_size, plan.weight_size, plan.work_lower_bound, plan.peak_step,
-                    sum(1 for s in plan.steps if s.phase == RUN),
-                    tuple(Placement(p.name, p.offset, p.nbytes, p.first, p.last) for p in plan.placements))
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit("memserve: plan --png needs matplotlib, the client's `plot` extra: "
+                         "pip install matplotlib (or './client[plot]')")
 
 
 def _bytes(n: int) -> str:
@@ -67,14 +64,12 @@ def report(p: PlanInfo, top: int = 10) -> str:
 
 
 def draw(p: PlanInfo, path: str, title: str = "") -> None:
-    try:
-        import matplotlib
+    need_matplotlib()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Rectangle
-    except ImportError:
-        raise SystemExit("memserve plan --png needs matplotlib: pip install 'memserve[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
     fig, ax = plt.subplots(figsize=(11, 6))
     cmap = plt.get_cmap("tab20")
     scale = 1 / 1024
