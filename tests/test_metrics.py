@@ -107,3 +107,18 @@ def test_prometheus_scrapes_what_the_traffic_implies(make_daemon, prometheus):
     assert query("memserve_queue_depth") == {(("workspace", "shared:g"),): 0.0}
     assert query("memserve_load_failures_total") == {(("reason", "PARSE_MODEL"),): 1.0}
     assert query("memserve_load_duration_seconds_count") == {(): 1.0}
+
+
+def test_buckets_count_each_value_under_the_smallest_bound_it_does_not_exceed():
+    from memserve.metrics import _add
+    from memserve.stats import Histogram
+    from prometheus_client.core import HistogramMetricFamily
+
+    h = Histogram((1, 2, 4))
+    for v in (0.5, 1, 1.5, 2, 4, 9):
+        h.observe(v)
+    family = HistogramMetricFamily("x", "x", labels=["model"])
+    _add(family, ["m"], h)
+    got = {s.labels.get("le"): s.value for s in family.samples if s.name == "x_bucket"}
+    assert got == {"1.0": 2, "2.0": 4, "4.0": 5, "+Inf": 6}  # le is inclusive, as Prometheus defines it
+    assert h.sum == 18.0

@@ -1,40 +1,33 @@
 """Prometheus metrics, served on their own HTTP port (`--metrics-port`, path /metrics).
 
-Events (requests, executions, loads) are counted as they happen; sizes and
-depths (device memory by kind, per-model bytes, workspaces, queue depths) are
-read from the registry when Prometheus scrapes, so they are never stale.
+Loads are counted as they happen. Requests and executions are counted in each
+model's ModelStats (stats.py), the record ModelStatistics reads too, and
+become series when Prometheus scrapes, as do sizes and depths (device memory
+by kind, per-model bytes, workspaces, queue depths), so they are never stale
+and a request never pays for prometheus_client.
 """
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .errors import NotFound
+from .stats import Histogram as Buckets
+from .stats import RequestStats
 
-# Request latencies from 100 us to 10 s; batch sizes from 1 to 1024.
-SECONDS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # The model label of a request that names no loaded model: clients choose those names, and every label
 # value is a series Prometheus keeps, so unknown names share this one value instead of one series each.
 UNKNOWN_MODEL = ""
 
 
 class Metrics:
+    """Loads are counted here as they happen; requests and executions in each model's ModelStats (stats.py),
+    read when Prometheus scrapes."""
+
     def __init__(self):
         self.prometheus = CollectorRegistry()
         self.registry = None  # the watched Registry: request labels name only its loaded models
-        self.requests = Counter("memserve_requests", "Requests by model, API and gRPC status "
-                                "(model=\"\" for requests naming no loaded model)",
-                                ["model", "api", "status"], registry=self.prometheus)
-        self.request_seconds = Histogram("memserve_request_duration_seconds", "End-to-end request time "
-                                         "(model=\"\" for requests naming no loaded model)",
-                                         ["model", "api"], buckets=SECONDS, registry=self.prometheus)
-        self.queue_seconds = Histogram("memserve_queue_duration_seconds", "Time a request waited for its lane",
-                                       ["model"], buckets=SECONDS, registry=self.prometheus)
-        self.compute_seconds = Histogram("memserve_compute_duration_seconds", "Time of one execution",
-                                         ["model"], buckets=SECONDS, registry=self.prometheus)
-        self.batch_rows = Histogram("memserve_batch_size", "Rows per execution (merged requests count once)",
-                                    ["model"], buckets=ROWS, registry=self.prometheus)
+        self.unknown = RequestStats()  # requests that named no loaded model
         self.load_seconds = Histogram("memserve_load_duration_seconds", "Time to load a model",
                                       buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120), registry=self.prometheus)
         self.load_failures = Counter("memserve_load_failures", "Refused or failed loads by reason", ["reason"],
@@ -43,29 +36,27 @@ class Metrics:
     def watch(self, registry) -> None:
         """Also report the registry's sizes and depths at each scrape; label requests by its models."""
         self.registry = registry
-        self.prometheus.register(_StateCollector(registry))
+        self.prometheus.register(_StateCollector(registry, self.unknown))
 
-    def request(self, model: str, api: str, status: str, seconds: float) -> None:
-        model = self.model_label(model)
-        self.requests.labels(model, api, status).inc()
-        self.request_seconds.labels(model, api).observe(seconds)
+    def request(self, model: str | int, api: str, status: str, seconds: float) -> None:
+        """Count a request under the loaded model it named (by name or id), else under UNKNOWN_MODEL:
+        a client cannot create series by naming models that do not exist."""
+        self._stats_of(model).request(api, status, seconds)
 
-    def model_label(self, model: str) -> str:
-        """`model` when a model of that name (or that id, written as a number) is loaded in the watched
-        registry, else UNKNOWN_MODEL: a client cannot create series by naming models that do not exist."""
+    def _stats_of(self, ref: str | int) -> RequestStats:
         registry = self.registry
-        if not model or registry is None:
-            return UNKNOWN_MODEL
+        if registry is None or ref == "":
+            return self.unknown
         try:
-            registry.get(model)
+            return registry.get(ref).stats
         except NotFound:
-            if not (len(model) <= 19 and model.isascii() and model.isdigit()):
-                return UNKNOWN_MODEL
+            pass
+        if isinstance(ref, str) and len(ref) <= 19 and ref.isascii() and ref.isdigit():
             try:
-                registry.get(int(model))
+                return registry.get(int(ref)).stats
             except NotFound:
-                return UNKNOWN_MODEL
-        return model
+                pass
+        return self.unknown
 
     def serve(self, host: str, port: int) -> int:
         server, _ = start_http_server(port, addr=host, registry=self.prometheus)
@@ -75,8 +66,9 @@ class Metrics:
 class _StateCollector:
     """Gauges read from the registry at scrape time."""
 
-    def __init__(self, registry):
+    def __init__(self, registry, unknown: RequestStats):
         self.registry = registry
+        self.unknown = unknown
 
     def describe(self):
         return []
@@ -106,3 +98,37 @@ class _StateCollector:
             depth.add_metric([ws.name], reg.scheduler.depth(ws))
         yield size
         yield depth
+        yield from _traffic([(m.name, m.stats) for m in models] + [(UNKNOWN_MODEL, self.unknown)])
+
+
+def _traffic(sources: list) -> list:
+    """Request and execution series from each model's counters (and the unknown-model ones)."""
+    requests = CounterMetricFamily("memserve_requests", "Requests by model, API and gRPC status "
+                                   "(model=\"\" for requests naming no loaded model)", labels=["model", "api", "status"])
+    request_seconds = HistogramMetricFamily("memserve_request_duration_seconds", "End-to-end request time "
+                                            "(model=\"\" for requests naming no loaded model)", labels=["model", "api"])
+    queue = HistogramMetricFamily("memserve_queue_duration_seconds", "Time a request waited for its lane",
+                                  labels=["model"])
+    compute = HistogramMetricFamily("memserve_compute_duration_seconds", "Time of one execution", labels=["model"])
+    rows = HistogramMetricFamily("memserve_batch_size", "Rows per execution (merged requests count once)",
+                                 labels=["model"])
+    for name, stats in sources:
+        by_status, seconds = stats.snapshot()
+        for (api, status), n in sorted(by_status.items()):
+            requests.add_metric([name, api, status], n)
+        for api, h in sorted(seconds.items()):
+            _add(request_seconds, [name, api], h)
+        if name != UNKNOWN_MODEL:
+            with stats.lock():
+                per_model = [h.copy() for h in (stats.queue_seconds, stats.compute_seconds, stats.batch_rows)]
+            for family, h in zip((queue, compute, rows), per_model):
+                _add(family, [name], h)
+    return [requests, request_seconds, queue, compute, rows]
+
+
+def _add(family: HistogramMetricFamily, labels: list[str], h: Buckets) -> None:
+    cumulative, buckets = 0, []
+    for bound, n in zip([*h.bounds, float("inf")], h.counts):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+    family.add_metric(labels, buckets, h.sum)

@@ -336,9 +336,10 @@ class Registry:
     # -- lookup -----------------------------------------------------------
 
     def get(self, ref: ModelRef) -> LoadedModel:
-        with self._lock:
-            model_id = self._names.get(ref) if isinstance(ref, str) else ref
-            model = self._models.get(model_id) if model_id is not None else None
+        # No lock: every request looks its model up, and a dict read is atomic; a concurrent
+        # load or unload makes this see the model or not, never a torn entry.
+        model_id = self._names.get(ref) if isinstance(ref, str) else ref
+        model = self._models.get(model_id) if model_id is not None else None
         if model is None:
             what = f"name {ref!r}" if isinstance(ref, str) else f"id {ref}"
             raise NotFound(f"no model with {what} is loaded; ListModels shows the loaded ones")
@@ -375,8 +376,6 @@ class Registry:
 
     def _finished(self, model: LoadedModel, req: Request, ok: bool) -> None:
         model.stats.request_done(req.enqueued, req.started or req.enqueued, ok, req.rows)
-        if self.metrics and ok:
-            self.metrics.queue_seconds.labels(model.name).observe(req.started - req.enqueued)
 
     def execute(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None,
                 priority: int = 0) -> ExecuteResult:
@@ -404,10 +403,7 @@ class Registry:
             for buf in buffers:
                 buf.free()
         done = time.perf_counter()
-        model.stats.executed(rows, int((done - reqs[0].started) * 1e9))
-        if self.metrics:
-            self.metrics.compute_seconds.labels(model.name).observe(done - reqs[0].started)
-            self.metrics.batch_rows.labels(model.name).observe(rows)
+        model.stats.executed(rows, done - reqs[0].started)
         return [ExecuteResult(t, int((r.started - r.enqueued) * 1e6), int((done - r.started) * 1e6))
                 for t, r in zip(results, reqs)]
 

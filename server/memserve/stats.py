@@ -1,9 +1,20 @@
-"""Per-model counters: what the Open Inference Protocol's ModelStatistics and metrics report."""
+"""Per-model counters: the one record that ModelStatistics and the Prometheus metrics both read.
+
+A request costs a few integer additions here and nothing else: Prometheus
+series are built from these counters when it scrapes (metrics.py), so the
+request path never touches prometheus_client, whose labelled children and
+locked bucket searches cost more than the rest of a small request.
+"""
 from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
+
+# Request latencies from 100 us to 10 s; batch sizes from 1 to 1024.
+SECONDS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 @dataclass
@@ -16,8 +27,50 @@ class Duration:
         self.ns += ns
 
 
+class Histogram:
+    """Prometheus histogram buckets: counts[i] holds values <= bounds[i] (and > bounds[i-1]); the last, the rest."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def copy(self) -> Histogram:
+        h = Histogram(self.bounds)
+        h.counts, h.sum = list(self.counts), self.sum
+        return h
+
+
+class RequestStats:
+    """Requests as the protocol front saw them: by API and status, and their end-to-end seconds by API."""
+
+    def __init__(self) -> None:
+        self.by_status: dict[tuple[str, str], int] = {}
+        self.seconds: dict[str, Histogram] = {}
+        self._lock = threading.Lock()
+
+    def request(self, api: str, status: str, seconds: float) -> None:
+        with self._lock:
+            key = (api, status)
+            self.by_status[key] = self.by_status.get(key, 0) + 1
+            h = self.seconds.get(api)
+            if h is None:
+                h = self.seconds[api] = Histogram(SECONDS)
+            h.observe(seconds)
+
+    def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, Histogram]]:
+        with self._lock:
+            return dict(self.by_status), {api: h.copy() for api, h in self.seconds.items()}
+
+
 @dataclass
-class ModelStats:
+class ModelStats(RequestStats):
     success: Duration = field(default_factory=Duration)  # whole request, queue included
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
@@ -29,7 +82,12 @@ class ModelStats:
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, Duration] = field(default_factory=dict)  # rows per execution -> compute time
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    queue_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS))  # per answered request
+    compute_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS))  # per execution
+    batch_rows: Histogram = field(default_factory=lambda: Histogram(ROWS))  # per execution
+
+    def __post_init__(self) -> None:
+        RequestStats.__init__(self)
 
     def request_done(self, submitted: float, started: float, ok: bool, rows: int) -> None:
         """A request answered (ok) or failed; times are time.perf_counter() values."""
@@ -39,10 +97,21 @@ class ModelStats:
             if ok:
                 self.queue.add(int((started - submitted) * 1e9))
                 self.compute.add(int((now - started) * 1e9))
+                self.queue_seconds.observe(started - submitted)
                 self.inference_count += rows
                 self.last_inference_ms = int(time.time() * 1000)
 
-    def executed(self, rows: int, compute_ns: int) -> None:
+    def executed(self, rows: int, seconds: float) -> None:
+        ns = int(seconds * 1e9)
         with self._lock:
             self.execution_count += 1
-            self.batches.setdefault(rows, Duration()).add(compute_ns)
+            batch = self.batches.get(rows)
+            if batch is None:
+                batch = self.batches[rows] = Duration()
+            batch.add(ns)
+            self.compute_seconds.observe(seconds)
+            self.batch_rows.observe(rows)
+
+    def lock(self) -> threading.Lock:
+        """Held while reading several counters that must agree (ModelStatistics)."""
+        return self._lock

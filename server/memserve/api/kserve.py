@@ -315,7 +315,7 @@ def load_options(name: str, config: mc.ModelConfig) -> LoadOptions:
 def statistics(m: LoadedModel) -> pb.ModelStatistics:
     s = m.stats
     d = pb.StatisticDuration
-    with s._lock:
+    with s.lock():
         return pb.ModelStatistics(
             name=m.name, version=VERSION, last_inference=s.last_inference_ms, inference_count=s.inference_count,
             execution_count=s.execution_count,
