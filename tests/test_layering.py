@@ -8,6 +8,7 @@ ones (tqdm, matplotlib) only inside a function, so that a bare install still imp
 from __future__ import annotations
 
 import ast
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -86,6 +87,28 @@ def test_the_checker_sees_imports_in_every_form(tmp_path):
     assert imports(f) == [("memserve.model", 1, False), ("memserve", 2, False),
                           ("tqdm", 5, True), ("matplotlib", 6, True)]
     assert len(violations(tmp_path, {"memserve"})) == 2
+
+
+def _version(text: str) -> tuple[int, int, int]:
+    parts = [int(x) for x in text.split(".")] + [0, 0]
+    return parts[0], parts[1], parts[2]
+
+
+def _floors(specs: list[str]) -> dict[str, tuple[int, int, int]]:
+    return {m[1].lower(): _version(m[2])
+            for m in (re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?\s*>=\s*([0-9.]+)", s) for s in specs) if m}
+
+
+def test_declared_floors_import_the_committed_stubs():
+    """The generated stubs check the runtime at import: grpcio no older than the grpcio-tools that made
+    them, protobuf no older than its gencode. The client's lowest allowed versions must pass both checks."""
+    floors = _floors(tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["dependencies"])
+    for p in sources(API / "pb"):
+        text = p.read_text()
+        if m := re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", text):
+            assert floors["grpcio"] >= _version(m[1]), (p.name, m[1], floors["grpcio"])
+        if m := re.search(r"# Protobuf Python Version: ([0-9.]+)", text):
+            assert floors["protobuf"] >= _version(m[1]), (p.name, m[1], floors["protobuf"])
 
 
 def _requirement_names(specs: list[str]) -> set[str]:
