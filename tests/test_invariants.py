@@ -40,7 +40,7 @@ def test_i1_models_sharing_a_workspace_never_overlap_and_get_their_own_outputs(d
     (ws,) = client.device_status().workspaces
     assert wrong == []
     assert ws.executions - before == n_threads * per_thread
-    assert ws.max_concurrent == 1  # the probe inside the lane saw no overlap
+    assert ws.max_concurrent == 1  # the probe (outside the workspace lock, so it can see overlaps) saw none
 
 
 def _flood(daemon, model, x, n):

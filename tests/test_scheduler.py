@@ -194,3 +194,28 @@ def test_batching_waits_for_more_rows_until_the_delay(lane):
     for r in [first, *later]:
         r.future.result(5)
     assert sizes == [3]  # it waited for the late ones, and stopped at the target
+
+
+def test_the_i1_probe_sees_two_lanes_on_one_workspace():
+    """The probe counts outside the workspace lock, so it can fail: two lanes wrongly given one workspace
+    (a scheduler bug) show as two concurrent executions, though the lock still makes one wait."""
+    dev = CpuDevice(1 << 20)
+    ws = Workspace("shared:bug", True)
+    lanes = [Lane(ws, dev.context, max_queue=3) for _ in range(2)]
+    gate, log = threading.Event(), []
+    for lane in lanes:
+        lane.admit(1)
+    threads = [submit_async(lane, Request(1, blocker(gate, log, f"l{k}")), log) for k, lane in enumerate(lanes[:1])]
+    # The second lane's execution blocks on the workspace lock, after the probe counted it.
+    second = threading.Thread(target=lanes[1].submit, args=(Request(1, blocker(gate, log, "l1")),))
+    second.start()
+    deadline = time.monotonic() + 5
+    while ws.max_concurrent < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert ws.max_concurrent == 2
+    gate.set()
+    for t in [*threads, second]:
+        t.join(5)
+    assert [name for name, _, _ in log] == ["l0", "l1"] and ws.executions == 2
+    for lane in lanes:
+        lane.close()

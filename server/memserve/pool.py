@@ -113,7 +113,9 @@ class Workspace:
         return max(self.members.values(), default=0)
 
     def enter(self) -> None:
-        """Probe for I1: counts executions running on this buffer, independent of `lock`."""
+        """Probe for I1: counts executions that are running or about to run on this buffer. Lanes call it
+        before they take `lock`, so two executions scheduled on one workspace show as max_concurrent 2
+        even though the lock then makes one wait."""
         with self._probe:
             self._active += 1
             self.executions += 1

@@ -325,22 +325,27 @@ class Lane:
         if not live:
             return
         ws = self.workspace
-        with ws.lock:
-            ws.enter()
-            started = time.perf_counter()
-            for req in live:
-                req.started = started
-            try:
-                results = live[0].job(live, ws)
-            except BaseException as exc:  # the callers get the error, the lane keeps going
+        # The I1 probe counts before the workspace lock is taken: the lock (which resizes also take)
+        # would serialize two lanes on one workspace and hide them; the probe sees them.
+        ws.enter()
+        try:
+            with ws.lock:
+                started = time.perf_counter()
                 for req in live:
-                    req.future.set_exception(exc)
-                return
-            finally:
-                ws.exit()
-                took = time.perf_counter() - started
-                self._finished = time.monotonic()
-                self.execution_seconds = took if not self.execution_seconds else 0.8 * self.execution_seconds + 0.2 * took
+                    req.started = started
+                try:
+                    results = live[0].job(live, ws)
+                except BaseException as exc:  # the callers get the error, the lane keeps going
+                    for req in live:
+                        req.future.set_exception(exc)
+                    return
+                finally:
+                    took = time.perf_counter() - started
+                    self._finished = time.monotonic()
+                    self.execution_seconds = took if not self.execution_seconds else \
+                        0.8 * self.execution_seconds + 0.2 * took
+        finally:
+            ws.exit()
         for req, result in zip(live, results):
             req.future.set_result(result)
 
