@@ -107,6 +107,8 @@ def test_rest(perf_analyzer, make_daemon):
     if not has_rest():
         pytest.skip("memserved has no --http-port (the KServe v2 REST endpoint) in this tree")
     d = make_daemon("--device-memory", "64MiB", "--http-port", "0")
+    if getattr(d, "http", None) is None:
+        pytest.skip("conftest's Daemon has no .http (REST) address for this daemon")
     with d.client(timeout=60) as c:
         c.load(relu_model(), name="relu", max_batch=8)
         c.load(relu_model(), name="relu_batched", max_batch=8, batching=True, max_queue_delay_us=0)
