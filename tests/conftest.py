@@ -13,12 +13,12 @@ from memserve_client import Client
 
 
 class Daemon:
-    """`memserved` started as a user would, on port 0; the port is read from its banner."""
+    """`memserved` started as a user would, on port 0 (gRPC, HTTP and metrics); the ports are read from its banner."""
 
     def __init__(self, *args: str):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", *args],
+            [sys.executable, "-m", "memserve", "--port", "0", "--http-port", "0", "--metrics-port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
         seen = []
@@ -37,6 +37,8 @@ class Daemon:
         self.target = line.split("listening on ")[1].split()[0]
         self.port = int(self.target.rsplit(":", 1)[1])
         self.metrics = line.split("metrics on ")[1].rstrip(")\n") if "metrics on " in line else None
+        # the Open Inference Protocol over HTTP/REST: HOST:PORT (None with --http-port -1)
+        self.http = line.split("http on ")[1].split(",")[0] if "http on " in line else None
 
     def client(self, **kw) -> Client:
         return Client(self.target, **kw)

@@ -58,6 +58,7 @@ def default_load_memory(device_memory: int) -> int:
 class Config:
     host: str = "127.0.0.1"
     port: int = 50051
+    http_port: int = 8000  # the Open Inference Protocol over HTTP/REST (Triton's port); -1: none; 0: a free port
     device: str = "cpu"
     device_memory: int = 0  # 0: default_device_memory()
     max_model_size: int = 2 * 2**30
@@ -69,7 +70,7 @@ class Config:
     # cores, one busy process elsewhere made conv-heavy models several times slower (bench/busy.py)
     threads: int = 1
     model_repository: str = ""
-    metrics_port: int = 8000  # -1: no metrics endpoint; 0: a free port
+    metrics_port: int = 8002  # Triton's metrics port; -1: no metrics endpoint; 0: a free port
     shutdown_grace: float = 30.0
     state_dir: str = ""
     tls_cert: str = ""
@@ -86,7 +87,11 @@ def parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(prog="memserved", description="memserve: a gRPC model-serving daemon")
     p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=d.port, help="port to listen on; 0 picks a free one (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port,
+                   help="gRPC port (native API and the Open Inference Protocol); 0 picks a free one (default %(default)s)")
+    p.add_argument("--http-port", type=int, default=d.http_port,
+                   help="HTTP/REST port of the Open Inference Protocol (KServe v2, as Triton serves it) on --host; "
+                        "0 picks a free one, -1 serves none (default %(default)s)")
     p.add_argument("--device", default=d.device, help="device kind (default %(default)s)")
     p.add_argument("--device-memory", type=parse_size, default=0,
                    help="device memory capacity, e.g. 512MiB or 4GiB (default: half of RAM)")
@@ -96,11 +101,11 @@ def parser() -> argparse.ArgumentParser:
                    help="host memory that loads in flight may hold together: upload staging, the parsed model, "
                         "folded constants (default: 4x --device-memory, at most the RAM); a load past it gets RESOURCE_EXHAUSTED")
     p.add_argument("--max-message-size", type=parse_size, default=d.max_message_size,
-                   help="largest gRPC message accepted or sent (default 64MiB)")
+                   help="largest gRPC message, or HTTP request body, accepted or sent (default 64MiB)")
     p.add_argument("--max-queue", type=int, default=d.max_queue,
                    help="requests that may wait on one workspace (default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers,
-                   help="gRPC handler threads (default %(default)s)")
+                   help="gRPC handler threads, and HTTP requests in flight at once (default %(default)s)")
     p.add_argument("--threads", type=_threads, default=d.threads,
                    help="BLAS threads each kernel call may use (default %(default)s: models run side by side "
                         "on their lanes, and with all cores per call one other busy process made conv-heavy "

@@ -1,4 +1,5 @@
-"""Builds the gRPC server: the native API, health and reflection on one port."""
+"""Builds the servers: gRPC (the native API, the Open Inference Protocol, health and reflection) on one port,
+the Open Inference Protocol over HTTP/REST on another (--http-port), metrics on a third."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from concurrent import futures
@@ -21,6 +23,7 @@ from memserve_api.pb.memserve.v1 import memserve_pb2, memserve_pb2_grpc
 from .api.auth import TokenInterceptor, read_token
 from .api.kserve import KServeServicer, load_options
 from .api.native import NativeServicer
+from .api.rest import RestServer
 from .api.streams import StreamLimit
 from .config import Config
 from .device import make_device
@@ -51,8 +54,9 @@ class Daemon:
         self.health = health.HealthServicer()
         limit = config.max_message_size
         interceptors = []
-        if config.admin_token_file:
-            interceptors.append(TokenInterceptor(read_token(config.admin_token_file), config.require_token_for_execute))
+        token = read_token(config.admin_token_file) if config.admin_token_file else None
+        if token is not None:
+            interceptors.append(TokenInterceptor(token, config.require_token_for_execute))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
             # so_reuseport 0: the port is ours alone (gRPC's default would let a second daemon share it).
@@ -75,6 +79,8 @@ class Daemon:
         address = f"{config.host}:{config.port}"
         credentials = tls_credentials(config)
         check_port_free(config.host, config.port, "--port")
+        if config.http_port >= 0:
+            check_port_free(config.host, config.http_port, "--http-port")
         try:
             self.port = self.server.add_secure_port(address, credentials) if credentials else \
                 self.server.add_insecure_port(address)
@@ -83,6 +89,13 @@ class Daemon:
         if self.port == 0:
             raise ListenError(f"cannot listen on {config.host} port {config.port}: the address is in use or "
                               "not available here; choose another --port (0 picks a free one)")
+        # The HTTP/REST front, on a socket bound and listening now: its port is ours from here on.
+        self.rest = None
+        if config.http_port >= 0:
+            self.rest = RestServer(self.registry, repository, listen_socket(config.host, config.http_port, "--http-port"),
+                                   max_body=limit, limit=config.workers, token=token,
+                                   guard_execute=config.require_token_for_execute, ssl_context=tls_context(config))
+        self.http_port = self.rest.port if self.rest is not None else None
 
     def load_repository(self) -> None:
         """Load every model of --model-repository, so that every replica serves the same models.
@@ -140,6 +153,8 @@ class Daemon:
         self.restore()
         self.load_repository()
         self.server.start()
+        if self.rest is not None:
+            self.rest.start()
         for service in ("", NATIVE_SERVICE, KSERVE_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -155,13 +170,18 @@ class Daemon:
         """Graceful: health says NOT_SERVING, new calls get UNAVAILABLE, running and queued work
         finishes (up to `grace` seconds), then every model is unloaded."""
         self.kserve.serving = False
+        if self.rest is not None:
+            self.rest.serving = False  # /v2/health/ready answers 400 from here on
         self.health.enter_graceful_shutdown()
         self.registry.draining = True
         # Two phases: while queued work drains, the port stays open and new calls reach the registry,
         # which answers UNAVAILABLE (grpc's own stop would cancel them instead); then the port closes.
         until = time.monotonic() + grace
         self.registry.wait_idle(grace)
-        self.server.stop(max(until - time.monotonic(), 0.0)).wait()
+        stopped = self.server.stop(max(until - time.monotonic(), 0.0))
+        if self.rest is not None:
+            self.rest.stop(max(until - time.monotonic(), 0.0))
+        stopped.wait()
         self.registry.close()
 
 
@@ -178,6 +198,21 @@ def tls_credentials(config: Config) -> grpc.ServerCredentials | None:
     except OSError as exc:
         raise InvalidArgument(f"cannot read a TLS file: {exc}") from None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The HTTP server's TLS, from the same files as gRPC's (tls_credentials checks them first)."""
+    if not (config.tls_cert and config.tls_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca:
+            context.load_verify_locations(config.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(f"cannot use the TLS files for HTTP: {exc}") from None
+    return context
 
 
 class ListenError(OSError):
@@ -203,6 +238,26 @@ def check_port_free(host: str, port: int, flag: str) -> None:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 raise ListenError(f"cannot listen on {host} port {port}: {_reason(exc)}; choose another {flag} "
                                   "(0 picks a free one)") from None
+
+
+def listen_socket(host: str, port: int, flag: str) -> socket.socket:
+    """A socket bound exclusively (SO_REUSEADDR as gRPC sets it, never SO_REUSEPORT) and listening on
+    host:port (0: a free port); a port another process has is a ListenError naming the flag."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host} port {port}: {exc.strerror}; choose another --host") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host} port {port}: {_reason(exc)}; choose another {flag} "
+                          "(0 picks a free one, -1 serves none)") from None
+    return sock
 
 
 def _reason(exc: OSError) -> str:
@@ -266,11 +321,15 @@ def run(config: Config) -> int:
     except ListenError as err:
         if daemon is not None:
             daemon.server.stop(None)
+            if daemon.rest is not None:
+                daemon.rest.stop(0)
         print(f"memserved: {err}", file=sys.stderr, flush=True)
         return 2
+    # One line that scripts parse: "listening on HOST:PORT (http on HOST:PORT, ..., metrics on HOST:PORT)".
+    http = f"http on {config.host}:{daemon.http_port}, " if daemon.http_port else ""
     metrics = f", metrics on {config.host}:{daemon.metrics_port}" if daemon.metrics_port else ""
     print(f"memserved listening on {config.host}:{daemon.port} "
-          f"(device {daemon.device.name}, {daemon.device.capacity} bytes{metrics})", flush=True)
+          f"({http}device {daemon.device.name}, {daemon.device.capacity} bytes{metrics})", flush=True)
     sig = signals.wait()
     log.info("%s: shutting down: finishing running and queued work for up to %s s", sig.name,
              config.shutdown_grace)

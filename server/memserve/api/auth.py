@@ -2,8 +2,9 @@
 
 With --admin-token-file, Load, Unload, QuerySize and the repository RPCs
 (and, with --require-token-for-execute, every execution) need the metadata
-`authorization: Bearer <token>`. Tokens are compared in constant time and
-never logged.
+`authorization: Bearer <token>`; the HTTP/REST server (rest.py) asks the same
+of its repository endpoints (and inference) through `denial`. Tokens are
+compared in constant time and never logged.
 """
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def read_token(path: str) -> bytes:
     return token
 
 
+def denial(given: str, expected: bytes, carrier: str = "metadata") -> str | None:
+    """Why an `authorization` value `given` is refused (None: it carries the token). `expected` is
+    b"Bearer " + the token; compared in constant time. `carrier`: gRPC metadata or an HTTP header."""
+    if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+        return None
+    return (f"missing authorization {carrier}: send 'authorization: Bearer <token>'" if not given
+            else "the admin token does not match")
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: bytes, guard_execute: bool):
         self._expected = b"Bearer " + token
@@ -43,10 +53,9 @@ class TokenInterceptor(grpc.ServerInterceptor):
         if details.method not in self._guarded:
             return continuation(details)
         given = dict(details.invocation_metadata).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
+        message = denial(given, self._expected)
+        if message is None:
             return continuation(details)
-        message = ("missing authorization metadata: send 'authorization: Bearer <token>'" if not given
-                   else "the admin token does not match")
         handler = continuation(details)
         return _deny(handler, message)
 
