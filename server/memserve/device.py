@@ -91,6 +91,7 @@ class Device:
         self._ids = itertools.count(1)
         self._live: dict[int, Buffer] = {}
         self._used = dict.fromkeys(KINDS, 0)
+        self._total = 0  # sum of _used, kept so that alloc need not add them up
 
     @property
     def name(self) -> str:
@@ -118,7 +119,7 @@ class Device:
             raise InternalError(f"unknown memory kind {kind!r}")
         size = align_up(max(nbytes, 0))
         with self._lock:
-            free = self.capacity - sum(self._used.values())
+            free = self.capacity - self._total
             if size > free:
                 raise ResourceExhausted(
                     f"device {self.name} is out of memory: {kind} needs {size} bytes, "
@@ -126,24 +127,26 @@ class Device:
                     f"with a larger --device-memory"
                 )
             self._used[kind] += size
+            self._total += size
             buf_id = next(self._ids)
         try:
             array = self._storage(size)
         except MemoryError:
             with self._lock:
                 self._used[kind] -= size
+                self._total -= size
             raise ResourceExhausted(f"host could not back a {size}-byte {kind} buffer") from None
         buf = Buffer(buf_id, kind, size, array[:nbytes] if nbytes < size else array, self)
-        with self._lock:
-            self._live[buf_id] = buf
+        self._live[buf_id] = buf  # one dict store is atomic: no lock (every request allocates its outputs)
         return buf
 
     def free(self, buf: Buffer) -> None:
         self.context.require()
+        if self._live.pop(buf.id, None) is None:  # atomic too: of two racing frees, one finds it
+            raise InternalError(f"double free of buffer {buf.id}")
         with self._lock:
-            if self._live.pop(buf.id, None) is None:
-                raise InternalError(f"double free of buffer {buf.id}")
             self._used[buf.kind] -= buf.nbytes
+            self._total -= buf.nbytes
 
     def _storage(self, size: int) -> np.ndarray:
         raise NotImplementedError

@@ -34,11 +34,11 @@ def check_name(name: str) -> None:
 
 def check_shape(what: str, dims, lowest: int = 0) -> tuple[int, ...]:
     """A tensor shape from a client: rank, each dimension and the element count bounded."""
-    dims = tuple(int(d) for d in dims)
+    dims = tuple(map(int, dims))
     if len(dims) > MAX_RANK:
         raise InvalidArgument(f"{what} has rank {len(dims)}; memserve accepts at most {MAX_RANK} dimensions")
-    bad = [d for d in dims if not lowest <= d <= MAX_DIM]
-    if bad:
+    if dims and (min(dims) < lowest or max(dims) > MAX_DIM):
+        bad = [d for d in dims if not lowest <= d <= MAX_DIM]
         raise InvalidArgument(f"{what} has dimension {bad[0]} in {list(dims)}; each must be {lowest} to {MAX_DIM}")
     if math.prod(dims) > MAX_ELEMENTS:
         raise InvalidArgument(f"{what} {list(dims)} has more than {MAX_ELEMENTS} elements")

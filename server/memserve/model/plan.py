@@ -111,6 +111,14 @@ class Plan:
 
     def batch_of(self, arrays: dict[str, np.ndarray]) -> int:
         """Validate request inputs against the model; return their batch size."""
+        if len(arrays) != len(self.inputs) or not all(s.name in arrays for s in self.inputs):
+            self._mismatch(arrays)
+        batch = None
+        for spec in self.inputs:
+            batch = _check_input(spec, arrays[spec.name], self.max_batch, batch)
+        return batch or 0
+
+    def _mismatch(self, arrays: dict[str, np.ndarray]) -> None:
         unknown = sorted(set(arrays) - {s.name for s in self.inputs})
         missing = [s.name for s in self.inputs if s.name not in arrays]
         if unknown or missing:
@@ -119,10 +127,6 @@ class Plan:
                 + (f", missing {missing}" if missing else "")
                 + (f", unknown {unknown}" if unknown else "")
             )
-        batch = None
-        for spec in self.inputs:
-            batch = _check_input(spec, arrays[spec.name], self.max_batch, batch)
-        return batch or 0
 
 
 def _check_input(spec: IOSpec, a: np.ndarray, max_batch: int, batch: int | None) -> int | None:
