@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 import pytest
 
@@ -98,17 +97,20 @@ def test_grpc_dynamic_batching(perf_analyzer, served):
     check(run(perf_analyzer, "-i", "grpc", "-u", served.target, "-m", "relu_batched", "--streaming", *SHORT))
 
 
-def has_rest() -> bool:
-    r = subprocess.run([sys.executable, "-m", "memserve", "--help"], capture_output=True, text=True, timeout=60)
-    return "--http-port" in r.stdout
+@pytest.mark.xfail(strict=True, reason=(
+    "ModelStatistics inference_count stays 0 for a model without a batch dimension: Plan.batch_of gives 0 "
+    "rows and ModelStats.request_done adds them; Triton adds max(1, batch size) per request"))
+def test_grpc_no_batch_dimension(perf_analyzer, make_daemon):
+    d = make_daemon("--device-memory", "64MiB")
+    with d.client(timeout=60) as c:
+        c.load(graph_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, [4, 16])], [("y", F32, [4, 16])]),
+               name="fixed", max_batch=0)
+    check(run(perf_analyzer, "-i", "grpc", "-u", d.target, "-m", "fixed", *SHORT[2:]))
 
 
 def test_rest(perf_analyzer, make_daemon):
-    if not has_rest():
-        pytest.skip("memserved has no --http-port (the KServe v2 REST endpoint) in this tree")
-    d = make_daemon("--device-memory", "64MiB", "--http-port", "0")
-    if getattr(d, "http", None) is None:
-        pytest.skip("conftest's Daemon has no .http (REST) address for this daemon")
+    """perf_analyzer over HTTP: the v2 REST endpoint with Triton's binary-data extension."""
+    d = make_daemon("--device-memory", "64MiB")  # conftest's Daemon serves REST on a free port: d.http
     with d.client(timeout=60) as c:
         c.load(relu_model(), name="relu", max_batch=8)
         c.load(relu_model(), name="relu_batched", max_batch=8, batching=True, max_queue_delay_us=0)
