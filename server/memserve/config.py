@@ -88,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memserved", description="memserve: a gRPC model-serving daemon")
     p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port,
-                   help="gRPC port (native API and the Open Inference Protocol); 0 picks a free one (default %(default)s)")
+                   help="gRPC port (native API and the Open Inference Protocol); 0 picks a free one "
+                        "(default %(default)s)")
     p.add_argument("--http-port", type=int, default=d.http_port,
                    help="HTTP/REST port of the Open Inference Protocol (KServe v2, as Triton serves it) on --host; "
                         "0 picks a free one, -1 serves none (default %(default)s)")

@@ -92,8 +92,8 @@ class Daemon:
         # The HTTP/REST front, on a socket bound and listening now: its port is ours from here on.
         self.rest = None
         if config.http_port >= 0:
-            self.rest = RestServer(self.registry, repository, listen_socket(config.host, config.http_port, "--http-port"),
-                                   max_body=limit, limit=config.workers, token=token,
+            sock = listen_socket(config.host, config.http_port, "--http-port")
+            self.rest = RestServer(self.registry, repository, sock, max_body=limit, limit=config.workers, token=token,
                                    guard_execute=config.require_token_for_execute, ssl_context=tls_context(config))
         self.http_port = self.rest.port if self.rest is not None else None
 
