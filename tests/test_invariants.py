@@ -85,7 +85,9 @@ def test_i6_expired_and_cancelled_requests_are_dropped_before_they_run(daemon, c
     assert wait_for(lambda: client.device_status().workspaces[0].queued >= 3)
     with pytest.raises(MemserveError) as e:
         client.execute(m, {"x": small}, timeout=0.02)
-    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Expired in the queue, or refused at once when the lane already knows how long its queue takes
+    # (scheduler.py, overload sheds early): either way it never runs.
+    assert e.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
     from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
     from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
     from memserve_api.tensors import to_proto

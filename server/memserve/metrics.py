@@ -75,30 +75,29 @@ class _StateCollector:
 
     def collect(self):
         reg = self.registry
-        dev = reg.device
-        yield GaugeMetricFamily("memserve_device_capacity_bytes", "Device memory capacity", value=dev.capacity)
+        snap = reg.snapshot()
+        yield GaugeMetricFamily("memserve_device_capacity_bytes", "Device memory capacity", value=snap.capacity)
         used = GaugeMetricFamily("memserve_device_used_bytes", "Device memory in use by kind", labels=["kind"])
-        for kind, n in dev.used_by_kind().items():
+        for kind, n in snap.used_by_kind.items():
             used.add_metric([kind], n)
         yield used
-        models = reg.list()
-        yield GaugeMetricFamily("memserve_models_loaded", "Models loaded", value=len(models))
+        yield GaugeMetricFamily("memserve_models_loaded", "Models loaded", value=len(snap.models))
         weights = GaugeMetricFamily("memserve_model_weight_bytes", "Weight bytes of each model", labels=["model"])
         work = GaugeMetricFamily("memserve_model_workspace_bytes", "Workspace bytes each model plans, all instances",
                                  labels=["model"])
-        for m in models:
-            weights.add_metric([m.name], m.plan.weight_size)
-            work.add_metric([m.name], m.plan.work_size * len(m.workspaces))
+        for m in snap.models:
+            weights.add_metric([m.name], m.weight_size)
+            work.add_metric([m.name], m.work_size * m.instances)
         yield weights
         yield work
         size = GaugeMetricFamily("memserve_workspace_bytes", "Size of each workspace buffer", labels=["workspace"])
         depth = GaugeMetricFamily("memserve_queue_depth", "Requests waiting per workspace lane", labels=["workspace"])
-        for ws in reg.pool.workspaces():
+        for ws in snap.workspaces:
             size.add_metric([ws.name], ws.size)
-            depth.add_metric([ws.name], reg.scheduler.depth(ws))
+            depth.add_metric([ws.name], ws.queued)
         yield size
         yield depth
-        yield from _traffic([(m.name, m.stats) for m in models] + [(UNKNOWN_MODEL, self.unknown)])
+        yield from _traffic([(m.name, m.stats) for m in snap.models] + [(UNKNOWN_MODEL, self.unknown)])
 
 
 def _traffic(sources: list) -> list:

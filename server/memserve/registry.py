@@ -23,6 +23,7 @@ from .model import CompileOptions, Plan, compile_model
 from .pool import WeightStore, Workspace, WorkspacePool
 from .scheduler import Lane, Request, Scheduler
 from .metrics import Metrics
+from .snapshot import ModelState, Snapshot, WeightBlockState, WorkspaceState
 from .stats import ModelStats
 
 ModelRef = int | str
@@ -348,6 +349,18 @@ class Registry:
     def list(self) -> list[LoadedModel]:
         with self._lock:
             return sorted(self._models.values(), key=lambda m: m.id)
+
+    def snapshot(self) -> Snapshot:
+        """Device memory, models, workspaces and weight blocks as plain values (snapshot.py)."""
+        dev = self.device
+        models = tuple(ModelState(m.id, m.name, m.plan.weight_size, m.plan.work_size, len(m.workspaces), m.stats)
+                       for m in self.list())
+        workspaces = tuple(WorkspaceState(ws.name, ws.size, tuple(sorted(ws.members)), ws.executions,
+                                          ws.max_concurrent, self.scheduler.depth(ws))
+                           for ws in self.pool.workspaces())
+        blocks = tuple(WeightBlockState(b.digest, b.buffer.nbytes, tuple(sorted(b.users)))
+                       for b in self.weights.blocks())
+        return Snapshot(dev.name, dev.kind, dev.capacity, dev.used_by_kind(), models, workspaces, blocks)
 
     # -- execute ----------------------------------------------------------
 

@@ -15,7 +15,6 @@ from .. import budget, limits
 from ..errors import Cancelled, InputMismatch, InvalidArgument, MemserveError, ResourceExhausted
 from ..model import IOSpec, Plan
 from ..model.plan import RUN
-from ..pool import Workspace
 from ..registry import Batching, ExecuteResult, LoadedModel, LoadOptions, ModelRef, Pending, Registry
 from . import decode
 from .calls import deadline, deadlines, load_for_call
@@ -111,15 +110,16 @@ class NativeServicer(pb_grpc.MemserveServicer):
 
     @handle_errors
     def GetDeviceStatus(self, request, context):
-        reg = self.registry
-        dev = reg.device
-        used = dev.used_by_kind()
+        snap = self.registry.snapshot()
+        used = snap.used_by_kind
         return pb.DeviceStatus(
-            device=dev.name, kind=dev.kind, capacity=dev.capacity, used=sum(used.values()),
+            device=snap.device, kind=snap.kind, capacity=snap.capacity, used=snap.used,
             used_by_kind=pb.UsedBytes(weights=used["weights"], workspace=used["workspace"], io=used["io"]),
-            workspaces=[workspace_info(ws, reg.scheduler.depth(ws)) for ws in reg.pool.workspaces()],
-            weight_blocks=[pb.WeightBlockInfo(digest=b.digest, size=b.buffer.nbytes, refcount=len(b.users),
-                                              model_ids=sorted(b.users)) for b in reg.weights.blocks()],
+            workspaces=[pb.WorkspaceInfo(name=ws.name, size=ws.size, model_ids=ws.model_ids, executions=ws.executions,
+                                         max_concurrent=ws.max_concurrent, queued=ws.queued)
+                        for ws in snap.workspaces],
+            weight_blocks=[pb.WeightBlockInfo(digest=b.digest, size=b.size, refcount=len(b.model_ids),
+                                              model_ids=b.model_ids) for b in snap.weight_blocks],
         )
 
 
@@ -214,8 +214,3 @@ def batching_info(m: LoadedModel) -> pb.DynamicBatching | None:
     b = m.options.batching
     return None if b is None else pb.DynamicBatching(enabled=True, max_queue_delay_us=b.max_queue_delay_us,
                                                      preferred_batch_sizes=b.preferred_batch_sizes)
-
-
-def workspace_info(ws: Workspace, queued: int) -> pb.WorkspaceInfo:
-    return pb.WorkspaceInfo(name=ws.name, size=ws.size, model_ids=sorted(ws.members),
-                            executions=ws.executions, max_concurrent=ws.max_concurrent, queued=queued)
