@@ -465,7 +465,7 @@ def _object(body: bytes, what: str) -> dict:
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"the {what} is not JSON: {str(exc)[:200]}") from None
     if not isinstance(value, dict):
-        raise InvalidArgument(f"the {what} must be a JSON object, got {type(value).__name__}")
+        raise InvalidArgument(f"the {what} must be a JSON object, got {_JSON_TYPES.get(type(value), 'something else')}")
     return value
 
 
