@@ -82,6 +82,13 @@ def test_base_is_valid_and_serves_safely():
     headless = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") == "None"]
     assert len(headless) == 1  # for clients balancing with dns:/// and round_robin
     assert by_kind(objects, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "metrics"
+    # gRPC, HTTP/REST and metrics each on their own port, as the config sets them (Triton's 8000 and 8002)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc": 50051, "http": 8000, "metrics": 8002}
+    for flag, name in (("port", "grpc"), ("http-port", "http"), ("metrics-port", "metrics")):
+        assert re.search(rf"^\s*{flag} = (\d+)$", config, re.M).group(1) == str(ports[name]), flag
+    (service,) = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") != "None"]
+    assert {p["targetPort"]: p["port"] for p in service["spec"]["ports"]} == ports
 
 
 def test_stateful_overlay_keeps_models_on_a_claim():
@@ -104,6 +111,9 @@ def test_kserve_runtime_and_inference_service():
     (runtime,) = by_kind(objects, "ClusterServingRuntime")
     assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
     assert runtime["spec"]["supportedModelFormats"][0]["name"] == "onnx"
+    args = runtime["spec"]["containers"][0]["args"]
+    assert f"--metrics-port={runtime['spec']['annotations']['prometheus.kserve.io/port']}" in args
+    assert "--http-port=8080" in args  # REST beside gRPC, on the ports Triton's runtime uses
     (isvc,) = by_kind(objects, "InferenceService")
     assert isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
 
@@ -124,5 +134,6 @@ def test_dockerfile_runs_as_non_root_with_a_health_check():
     final = text.split("\nFROM ")[-1]
     assert final.startswith("python:3.11-slim")
     assert re.search(r"^USER 10001$", final, re.M) and "HEALTHCHECK" in final
-    assert "EXPOSE 50051 8000" in final
+    assert "EXPOSE 50051 8000 8002" in final
+    assert '"--http-port", "8000", "--metrics-port", "8002"' in final
     assert "[dev]" not in final  # runtime dependencies only

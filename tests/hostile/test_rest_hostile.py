@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from conftest import wait_for
 from models import ROOT, graph_model
-from rest_client import binary_request, http, infer_json
+from rest_client import binary_request, http
 
 EXAMPLE = ROOT / "examples" / "mlp.onnx"
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
