@@ -19,7 +19,7 @@ def start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 def memserved(*flags: str) -> tuple[subprocess.Popen, str]:
-    return start([sys.executable, "-m", "memserve", "--port", "0", "--metrics-port", "0", *flags])
+    return start([sys.executable, "-m", "memserve", "--port", "0", "--http-port", "0", "--metrics-port", "0", *flags])
 
 
 def timed(fn: Callable[[], object], calls: int, warmup: int = 200) -> np.ndarray:

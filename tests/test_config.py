@@ -41,6 +41,13 @@ def test_threads_default_to_one_and_negative_counts_are_refused(capsys):
         assert "not a thread count" in capsys.readouterr().err
 
 
+def test_ports_are_tritons_and_each_protocol_has_its_own():
+    c = from_args([], {})
+    assert (c.port, c.http_port, c.metrics_port) == (50051, 8000, 8002)  # metrics never share the inference port
+    assert from_args(["--http-port", "-1"], {}).http_port == -1
+    assert from_args([], {"MEMSERVE_HTTP_PORT": "0"}).http_port == 0
+
+
 def test_help_documents_every_setting():
     out = subprocess.run([sys.executable, "-m", "memserve", "--help"], capture_output=True, text=True).stdout
     for field in dataclasses.fields(Config):

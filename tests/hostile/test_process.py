@@ -91,6 +91,7 @@ def test_signal_burst_while_requests_run_exits_zero(make_daemon, burst, attempt)
 # -- (b) a second daemon on a taken port fails clearly; the first keeps its port ---------------------------
 
 def _start_second(*args: str) -> subprocess.CompletedProcess:
+    args = args if "--http-port" in args else ("--http-port", "0", *args)  # never a fixed port by default
     return subprocess.run([sys.executable, "-m", "memserve", *args], capture_output=True, text=True,
                           timeout=60, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
