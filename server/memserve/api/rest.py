@@ -538,15 +538,13 @@ def _bound_json(model: LoadedModel, header: bytes) -> None:
     """Refuse a JSON header with more values and lists than the model's inputs could need, before parsing
     it (json.loads makes a Python object of each: up to 20x the bytes). Counted, not parsed: commas and
     opening brackets, an upper bound of what parsing would create."""
-    need = sum(2 * _cap(model, s) * max(len(s.shape), 1) + 4 for s in model.plan.inputs) + JSON_ALLOWANCE
+    specs = {s.name: s for s in model.plan.inputs}
+    need = sum(2 * v2.most(model, specs, s.name, v2.datatype(s.dtype)) * max(len(s.shape), 1) + 4
+               for s in model.plan.inputs) + JSON_ALLOWANCE
     tokens = header.count(b",") + header.count(b"[") + header.count(b"{")
     if tokens > need:
         raise InvalidArgument(f"the request JSON has {tokens} values and lists; model {model.name!r} takes at most "
                               f"{need} (its inputs at max_batch); send large tensors as binary data")
-
-
-def _cap(model: LoadedModel, spec) -> int:
-    return math.prod(model.plan.max_batch if d == -1 else d for d in spec.shape)
 
 
 def _parameters(params, d: _Decoded) -> None:
@@ -693,7 +691,7 @@ def _encode(model: LoadedModel, d: _Decoded, result) -> tuple[bytes, dict]:
             continue
         entry = {"name": out.name, "datatype": v2.datatype(out.dtype), "shape": list(out.shape)}
         if binary:
-            entry["parameters"] = {"binary_data_size": len(out.data)}
+            entry["parameters"] = {"binary_data_size": memoryview(out.data).nbytes}
             buffers.append(out.data)
         else:
             entry["data"] = np.frombuffer(out.data, out.dtype).tolist()
