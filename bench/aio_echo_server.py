@@ -9,13 +9,16 @@ import sys
 
 import grpc
 
+from memserve import hostmem
 from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
 
 class Echo(pb_grpc.MemserveServicer):
     async def Execute(self, request, context):
-        return pb.ExecuteResponse(outputs=list(request.inputs))
+        r = pb.ExecuteResponse()
+        r.outputs.extend(request.inputs)
+        return r
 
 
 async def serve() -> None:
@@ -28,4 +31,5 @@ async def serve() -> None:
 
 
 if __name__ == "__main__":
+    hostmem.keep_tensor_memory()  # the allocator settings memserved runs with
     sys.exit(asyncio.run(serve()))

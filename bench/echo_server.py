@@ -8,6 +8,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
+from memserve import hostmem
 from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
 from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 
@@ -17,10 +18,13 @@ from common import serve  # noqa: E402
 
 class Echo(pb_grpc.MemserveServicer):
     def Execute(self, request, context):
-        return pb.ExecuteResponse(outputs=list(request.inputs))
+        r = pb.ExecuteResponse()
+        r.outputs.extend(request.inputs)
+        return r
 
 
 def main() -> None:
+    hostmem.keep_tensor_memory()  # the allocator settings memserved runs with
     serve(pb_grpc.add_MemserveServicer_to_server, Echo())
 
 

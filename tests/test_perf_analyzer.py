@@ -97,9 +97,6 @@ def test_grpc_dynamic_batching(perf_analyzer, served):
     check(run(perf_analyzer, "-i", "grpc", "-u", served.target, "-m", "relu_batched", "--streaming", *SHORT))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ModelStatistics inference_count stays 0 for a model without a batch dimension: Plan.batch_of gives 0 "
-    "rows and ModelStats.request_done adds them; Triton adds max(1, batch size) per request"))
 def test_grpc_no_batch_dimension(perf_analyzer, make_daemon):
     d = make_daemon("--device-memory", "64MiB")
     with d.client(timeout=60) as c:

@@ -37,10 +37,26 @@ def dtype_name(code: int) -> str:
 
 
 def to_proto(name: str, array: np.ndarray) -> pb.Tensor:
+    t = pb.Tensor()
+    fill(t, name, array)
+    return t
+
+
+def add(tensors, name: str, array: np.ndarray) -> pb.Tensor:
+    """Append `array` to a repeated Tensor field (a request's inputs, a response's outputs), in place.
+
+    Build messages this way rather than passing Tensors to a constructor: a constructor copies each
+    sub-message, and the message it makes then serializes ~20x slower (4 ms instead of 0.15 ms at 1 MiB)."""
+    return fill(tensors.add(), name, array)
+
+
+def fill(t: pb.Tensor, name: str, array: np.ndarray) -> pb.Tensor:
     a = np.asarray(array)
     code = dtype_to_pb(a.dtype)
     a = a.astype(_TO_NUMPY[code], copy=False)  # not ascontiguousarray: it makes a 0-d scalar 1-d
-    return pb.Tensor(name=name, dtype=code, shape=a.shape, data=a.tobytes())  # tobytes(): C order
+    t.name, t.dtype, t.data = name, code, a.tobytes()  # tobytes(): C order
+    t.shape.extend(a.shape)
+    return t
 
 
 def from_proto(t: pb.Tensor) -> np.ndarray:

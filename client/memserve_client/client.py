@@ -219,8 +219,7 @@ class Client:
     @_rpc
     def execute_with_stats(self, model: Model | int | str, inputs: Mapping[str, np.ndarray], *,
                            timeout: float | None = None, priority: int = 0) -> ExecuteResult:
-        req = pb.ExecuteRequest(model=_ref(model), inputs=[tensors.to_proto(k, v) for k, v in inputs.items()],
-                                priority=priority)
+        req = _execute_request("", model, inputs, priority)
         r = self._stub.Execute(req, timeout=timeout if timeout is not None else self.timeout)
         return ExecuteResult({t.name: tensors.from_proto(t) for t in r.outputs}, r.queue_us, r.compute_us)
 
@@ -229,8 +228,7 @@ class Client:
         """Pipeline many executions on one call: yields (id, outputs or error) as they finish."""
         def messages():
             for rid, model, inputs in requests:
-                yield pb.ExecuteRequest(id=rid, model=_ref(model), priority=priority,
-                                        inputs=[tensors.to_proto(k, v) for k, v in inputs.items()])
+                yield _execute_request(rid, model, inputs, priority)
 
         try:
             for r in self._stub.ExecuteStream(messages(), timeout=self.timeout):
@@ -312,3 +310,10 @@ def _model(m: pb.ModelInfo, **extra) -> Model:
     return Model(m.id, m.name, m.sizes.work_size, m.sizes.weight_size, m.sizes.work_lower_bound,
                  _specs(m.inputs), _specs(m.outputs), m.workspace, m.max_batch, m.weight_digest,
                  workspaces=tuple(m.workspaces), **extra)
+
+
+def _execute_request(rid: str, model, inputs: Mapping[str, np.ndarray], priority: int) -> pb.ExecuteRequest:
+    req = pb.ExecuteRequest(id=rid, model=_ref(model), priority=priority)
+    for name, value in inputs.items():
+        tensors.add(req.inputs, name, value)
+    return req

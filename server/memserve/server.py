@@ -25,6 +25,7 @@ from .api.kserve import KServeServicer, load_options
 from .api.native import NativeServicer
 from .api.rest import RestServer
 from .api.streams import StreamLimit
+from . import hostmem
 from .config import Config
 from .device import make_device
 from .errors import InvalidArgument, MemserveError
@@ -314,6 +315,7 @@ def _ignore(signum, frame) -> None:
 
 def run(config: Config) -> int:
     signals = StopSignals()  # before Daemon() starts any thread
+    hostmem.keep_tensor_memory()
     daemon = None
     try:
         daemon = Daemon(config)

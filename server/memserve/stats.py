@@ -90,7 +90,9 @@ class ModelStats(RequestStats):
         RequestStats.__init__(self)
 
     def request_done(self, submitted: float, started: float, ok: bool, rows: int) -> None:
-        """A request answered (ok) or failed; times are time.perf_counter() values."""
+        """A request answered (ok) or failed; times are time.perf_counter() values. `rows` is 0 for a
+        model without a batch dimension: one inference, as Triton counts it."""
+        rows = rows or 1
         now = time.perf_counter()
         with self._lock:
             (self.success if ok else self.fail).add(int((now - submitted) * 1e9))
@@ -102,6 +104,7 @@ class ModelStats(RequestStats):
                 self.last_inference_ms = int(time.time() * 1000)
 
     def executed(self, rows: int, seconds: float) -> None:
+        rows = rows or 1  # no batch dimension: one inference
         ns = int(seconds * 1e9)
         with self._lock:
             self.execution_count += 1

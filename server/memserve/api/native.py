@@ -124,10 +124,12 @@ class NativeServicer(pb_grpc.MemserveServicer):
 
 
 def execute_response(request_id: str, result: ExecuteResult) -> pb.ExecuteResponse:
-    return pb.ExecuteResponse(
-        outputs=[pb.Tensor(name=o.name, dtype=tensors.dtype_to_pb(o.dtype), shape=o.shape, data=o.data)
-                 for o in result.outputs],
-        queue_us=result.queue_us, compute_us=result.compute_us, id=request_id)
+    # Filled in place: Tensors passed to the constructor are copied, and serialize ~20x slower.
+    r = pb.ExecuteResponse(queue_us=result.queue_us, compute_us=result.compute_us, id=request_id)
+    for o in result.outputs:
+        t = r.outputs.add(name=o.name, dtype=tensors.dtype_to_pb(o.dtype), data=o.data)
+        t.shape.extend(o.shape)
+    return r
 
 
 def error_response(request_id: str, err: MemserveError) -> pb.ExecuteResponse:
