@@ -269,7 +269,7 @@ def test_drain_turns_ready_off_and_answers_the_requests_in_flight(make_daemon):
     d.proc.send_signal(signal.SIGTERM)
     assert wait_for(lambda: _status(d, "GET", "/v2/health/ready") == 400, timeout=10)
     assert _status(d, "GET", "/v2/health/live") == 200
-    assert _status(d, "POST", "/v2/models/other/infer", infer_json("x", x)) == 503
+    assert wait_for(lambda: _status(d, "POST", "/v2/models/other/infer", infer_json("x", x)) == 503, timeout=30)
     for t in threads:
         t.join(60)
     assert {status for _, status in answers} == {200} and len(answers) == len(threads), answers

@@ -222,8 +222,13 @@ def test_requests_past_the_workers_are_refused_503_not_queued(make_daemon):
                preferred_batch_sizes=(8,))
         c.load(EXAMPLE, name="fast", max_batch=2)
     statuses = []
-    threads = [threading.Thread(target=lambda: statuses.append(
-        http(d.http, "POST", "/v2/models/slow/infer", {"inputs": [_x()]}, timeout=60).status)) for _ in range(2)]
+
+    def hold():  # a probe below may take the second slot first: then this one is refused, and tries again
+        while (status := http(d.http, "POST", "/v2/models/slow/infer", {"inputs": [_x()]}, timeout=60).status) == 503:
+            pass
+        statuses.append(status)
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]
     for t in threads:
         t.start()
 
