@@ -42,7 +42,7 @@ PRIORITIES = 8
 PROBE_INTERVAL = 1.0  # seconds: an idle lane runs a request it expects to be late at most this often
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     model_id: int
     job: Job  # runs on the lane's worker, in the device context, with the workspace held

@@ -16,7 +16,7 @@ from typing import Callable
 import grpc
 
 from ..errors import MemserveError
-from ..registry import LoadedModel, Registry
+from ..registry import LoadedModel, Pending, Registry
 
 log = logging.getLogger("memserve.api")
 
@@ -35,6 +35,15 @@ def deadlines(context: grpc.ServicerContext, timeout_us: int) -> tuple[float | N
         return finish_by, finish_by
     own = time.monotonic() + timeout_us / 1e6
     return (own if finish_by is None else min(own, finish_by)), finish_by
+
+
+def answer(pending: Pending, context: grpc.ServicerContext):
+    """The result of a unary call's execution. A request that ran inline (its lane was idle) is done
+    already; one still queued is dropped if the call is cancelled, instead of running for nobody."""
+    future = pending.request.future
+    if not future.done():
+        context.add_callback(pending.cancel)
+    return future.result()
 
 
 def load_for_call(registry: Registry, context: grpc.ServicerContext,

@@ -20,7 +20,7 @@ from .. import limits
 from ..errors import InvalidArgument, MemserveError, NotFound
 from ..registry import LoadedModel, Pending, Registry
 from . import decode, v2
-from .calls import deadlines, load_for_call
+from .calls import answer, deadlines, load_for_call
 from .status import counted, handle_errors
 from .streams import StreamLimit, pipelined
 # The protocol-neutral v2 helpers live in v2.py (shared with the REST server); imported here under their old names.
@@ -76,8 +76,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     @handle_errors
     def ModelInfer(self, request, context):
         model, pending, wanted, raw = self._submit(request, context)
-        context.add_callback(pending.cancel)
-        return infer_response(request, model, pending.result(), wanted, raw)
+        return infer_response(request, model, answer(pending, context), wanted, raw)
 
     def ModelStreamInfer(self, request_iterator, context):
         """Submit requests as they arrive; answer each as it finishes, errors with their request's id."""

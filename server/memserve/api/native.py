@@ -17,7 +17,7 @@ from ..model import IOSpec, Plan
 from ..model.plan import RUN
 from ..registry import Batching, ExecuteResult, LoadedModel, LoadOptions, ModelRef, Pending, Registry
 from . import decode
-from .calls import deadline, deadlines, load_for_call
+from .calls import answer, deadline, deadlines, load_for_call
 from .status import counted, handle_errors
 from .streams import StreamLimit, pipelined
 
@@ -66,9 +66,7 @@ class NativeServicer(pb_grpc.MemserveServicer):
     @counted("native", _model_label)
     @handle_errors
     def Execute(self, request, context):
-        pending = self._submit(request, context)
-        context.add_callback(pending.cancel)
-        return execute_response(request.id, pending.result())
+        return execute_response(request.id, answer(self._submit(request, context), context))
 
     def ExecuteStream(self, request_iterator, context):
         """Submit requests as they arrive; answer each as it finishes, errors included."""
