@@ -314,3 +314,9 @@ def test_fuzzed_infer_bodies_get_a_json_answer_and_the_daemon_stays_up(daemon, m
     reply = r.json()
     assert isinstance(reply, dict) and (r.status == 200) == ("error" not in reply), reply
     assert daemon.alive()
+
+
+def test_no_hostile_request_was_an_internal_error(daemon):
+    """Run last in this module: nothing above made the daemon log an internal error or a traceback."""
+    log = daemon.log()
+    assert "internal error in HTTP" not in log and "internal error in infer" not in log, log[-3000:]
