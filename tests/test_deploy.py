@@ -137,3 +137,30 @@ def test_dockerfile_runs_as_non_root_with_a_health_check():
     assert "EXPOSE 50051 8000 8002" in final
     assert '"--http-port", "8000", "--metrics-port", "8002"' in final
     assert "[dev]" not in final  # runtime dependencies only
+
+
+def test_the_image_builds_both_wheels_and_they_resolve_together(tmp_path):
+    """What deploy/Dockerfile does: the client's wheel and the daemon's, installed from one folder (the
+    daemon requires memserve-client, which no package registry serves)."""
+    import json
+    import sys
+
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "--outdir /wheels client" in text
+    wheels = tmp_path / "wheels"
+    shutil.copytree(ROOT / "client", tmp_path / "client", ignore=shutil.ignore_patterns("*.egg-info", "build"))
+    src = tmp_path / "daemon"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "server", src / "server", ignore=shutil.ignore_patterns("*.egg-info", "build",
+                                                                                 "__pycache__"))
+    pip = [sys.executable, "-m", "pip"]
+    for path in (tmp_path / "client", src):
+        subprocess.run([*pip, "wheel", "-q", "--no-deps", str(path), "-w", str(wheels)], check=True, timeout=300)
+    report = tmp_path / "report.json"
+    subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "-q", "--find-links", str(wheels),
+                    "--report", str(report), "memserve"], check=True, timeout=300, capture_output=True)
+    chosen = {i["metadata"]["name"]: i["download_info"]["url"] for i in json.loads(report.read_text())["install"]}
+    assert chosen["memserve-client"].startswith("file:") and chosen["memserve"].startswith("file:")
+    assert "onnx" in chosen and "pytest" not in chosen  # the daemon's runtime requirements, no dev extras
