@@ -99,7 +99,7 @@ class Workspace:
         self.buffer: Buffer | None = None
         self.lock = threading.Lock()  # held by the lane per execution and by resizes
         self.bindings: dict = {}  # the engine's views into `buffer`, per (model, batch); cleared with it
-        self.executions = 0
+        self.executions = 0  # counted by the lane, under `lock`, once it runs one
         self.max_concurrent = 0
         self._active = 0
         self._probe = threading.Lock()
@@ -118,7 +118,6 @@ class Workspace:
         even though the lock then makes one wait."""
         with self._probe:
             self._active += 1
-            self.executions += 1
             self.max_concurrent = max(self.max_concurrent, self._active)
 
     def exit(self) -> None:

@@ -307,7 +307,8 @@ class Lane:
                 finally:
                     self._done()
 
-    def _run(self, batch: list[Request]) -> None:
+    def _live(self, batch: list[Request]) -> list[Request]:
+        """The requests of a batch still worth running; the rest get their error now."""
         now = time.monotonic()
         # Under load (work waits behind this), an execution that would end after its deadline is not started.
         margin = self.execution_seconds if len(self._queue) else 0.0
@@ -322,14 +323,20 @@ class Lane:
                 req.future.set_exception(DeadlineExceeded(f"deadline {why} while the request was queued"))
                 continue
             live.append(req)
-        if not live:
-            return
+        return live
+
+    def _run(self, batch: list[Request]) -> None:
         ws = self.workspace
         # The I1 probe counts before the workspace lock is taken: the lock (which resizes also take)
         # would serialize two lanes on one workspace and hide them; the probe sees them.
         ws.enter()
         try:
             with ws.lock:
+                # Deadlines are checked once the workspace is ours: a resize may hold it for a while.
+                live = self._live(batch)
+                if not live:
+                    return
+                ws.executions += 1
                 started = time.perf_counter()
                 for req in live:
                     req.started = started
