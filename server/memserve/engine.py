@@ -19,7 +19,7 @@ import numpy as np
 
 from .device import Buffer
 from .errors import InvalidArgument, MemserveError, ResourceExhausted
-from .kernels import Kernel, Node
+from .kernels import Kernel, Node, jit
 from .model.plan import INPUT, IO, RUN, VALUE, WEIGHT, WORK, Plan
 from .pool import Workspace
 
@@ -54,6 +54,8 @@ class Executable:
         self.plan = plan
         self.weights = weights
         self.key = next(self._keys)
+        # Compiled now, at load, so that no request waits for a compiler.
+        jit.prepare([k for op in {s.op for s in plan.steps} for k in op.compiled])
 
     def run(self, arrays: dict[str, np.ndarray], batch: int, workspace: Workspace, alloc: Alloc
             ) -> tuple[list[np.ndarray], list[Buffer]]:

@@ -29,6 +29,7 @@ from . import hostmem
 from .config import Config
 from .device import make_device
 from .errors import InvalidArgument, MemserveError
+from .kernels import jit
 from .metrics import Metrics
 from .registry import Registry
 from .repository import ModelRepository
@@ -48,6 +49,9 @@ class Daemon:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(config.threads)
+        jit.set_threads(config.threads)
+        if config.state_dir:
+            jit.set_cache_dir(os.path.join(config.state_dir, "kernels"))
         self.device = make_device(config.device, config.device_memory)
         self.metrics = Metrics()
         self.registry = Registry(self.device, config.max_queue, self.metrics, config.max_load_memory)

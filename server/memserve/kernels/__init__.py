@@ -6,7 +6,9 @@ compute its outputs from shapes alone, like Shape's, sets their value),
 `scratch` names temporaries a kernel needs (planned in the workspace like any
 tensor, so executing never allocates), and `build` makes the function that
 computes one node: `fn(inputs, outputs)`, where `outputs` holds the node's
-outputs followed by its scratch arrays, every one preallocated. An `alias`
+outputs followed by its scratch arrays, every one preallocated. `compiled`
+lists the numba kernels those functions call: they are compiled while the
+model loads (jit.py). An `alias`
 op's single output is a view of its first input and costs no memory.
 `const_inputs` are the inputs that must be known when the model loads (a
 Reshape's target shape): kernels read them from the infos at build time.
@@ -25,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import budget
+from .jit import Compiled
 
 Kernel = Callable[[Sequence[np.ndarray | None], Sequence[np.ndarray]], None]
 
@@ -74,6 +77,7 @@ class OpDef:
     alias: bool = False
     const_inputs: tuple[int, ...] = ()
     inplace: tuple[int, ...] = ()  # inputs whose bytes the output may reuse when they die here
+    compiled: tuple[Compiled, ...] = ()  # the numba kernels `build`'s functions call (jit.py)
 
 
 REGISTRY: dict[tuple[str, str], OpDef] = {}

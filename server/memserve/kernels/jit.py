@@ -1,0 +1,122 @@
+"""Compiled kernels: numba functions compiled when a model loads, never on a request.
+
+A kernel module declares a compiled function with `@compiled(signatures)`: its
+Python body and the exact argument types it is called with (dtype, rank and
+layout; sizes are arguments, so one compile serves every shape). Nothing
+compiles at import. An op lists the compiled functions it calls
+(`OpDef.compiled`), and the registry calls `prepare()` for every op of a plan
+while the model loads: the first Execute after a load runs machine code like
+the hundredth. Each dispatcher is built from its signatures alone, so a call
+with other types is refused (TypeError) instead of compiling.
+
+Compiled code is cached on disk by numba (keyed on the source file, its
+timestamp and the CPU): in $MEMSERVE_KERNEL_CACHE, else `<--state-dir>/kernels`
+for a daemon with one, else `~/.cache/memserve/kernels`. A cold compile of a
+parallel kernel takes about a second; loading it from the cache a few tens of
+milliseconds.
+
+Threads: a parallel kernel (`parallel=True`, loops over `numba.prange`) uses
+numba's OpenMP layer, which several lanes may call at once; each calling thread
+runs at most `threads()` of them (set_threads(), from --threads). Without
+libgomp the kernels compile serial: numba's fallback layer may not be entered
+by two threads at a time.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import threading
+from typing import Any, Callable
+
+_lock = threading.Lock()
+_threads = 1
+_cache_dir: str | None = None
+
+
+def set_cache_dir(path: str | os.PathLike) -> None:
+    """Where compiled kernels go; takes effect for kernels not compiled yet."""
+    global _cache_dir
+    _cache_dir = str(path)
+
+
+def cache_dir() -> str:
+    if os.environ.get("MEMSERVE_KERNEL_CACHE"):
+        return os.environ["MEMSERVE_KERNEL_CACHE"]
+    if _cache_dir:
+        return _cache_dir
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "memserve", "kernels")
+
+
+def set_threads(n: int) -> None:
+    """Threads a parallel kernel may use (0: all cores). Before numba is imported this sets the
+    default of every thread (the daemon calls it first thing); after, only the calling thread's."""
+    global _threads
+    _threads = n if n > 0 else (os.cpu_count() or 1)
+    if "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = str(_threads)
+    else:
+        import numba
+
+        numba.set_num_threads(min(_threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def threads() -> int:
+    return _threads
+
+
+def _parallel_ok() -> bool:
+    """Whether numba's thread-safe OpenMP layer loads (it needs libgomp)."""
+    try:
+        import numba.np.ufunc.omppool  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Compiled:
+    """A numba kernel compiled on first `ensure()`; call `.fn` on the hot path (no indirection)."""
+
+    def __init__(self, py: Callable, signatures: list[str], parallel: bool, fastmath: bool):
+        self.py = py
+        self.signatures = signatures
+        self.parallel = parallel
+        self.fastmath = fastmath
+        self.fn: Any = None
+        self.__name__ = py.__name__
+
+    def ensure(self) -> Any:
+        if self.fn is None:
+            with _lock:
+                if self.fn is None:
+                    self.fn = self._compile()
+        return self.fn
+
+    def _compile(self) -> Any:
+        os.environ.setdefault("NUMBA_CACHE_DIR", cache_dir())
+        os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+        import numba
+        from numba.core import config
+
+        config.CACHE_DIR = cache_dir()
+        pathlib.Path(config.CACHE_DIR).mkdir(parents=True, exist_ok=True)
+        parallel = self.parallel and _parallel_ok()
+        return numba.njit(self.signatures, cache=True, nogil=True, parallel=parallel,
+                          fastmath=self.fastmath, error_model="numpy", boundscheck=False)(self.py)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.ensure()(*args)
+
+
+def compiled(*signatures: str, parallel: bool = False, fastmath: bool = False) -> Callable[[Callable], Compiled]:
+    """Declare a kernel; `signatures` are numba type strings, e.g. "void(float32[:, ::1], int64)"."""
+    def wrap(py: Callable) -> Compiled:
+        return Compiled(py, list(signatures), parallel, fastmath)
+    return wrap
+
+
+def prepare(kernels: list[Compiled]) -> None:
+    """Compile (or load from the cache) every kernel a model will call; run while it loads."""
+    for k in kernels:
+        k.ensure()
