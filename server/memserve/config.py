@@ -108,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers,
                    help="gRPC handler threads, and HTTP requests in flight at once (default %(default)s)")
     p.add_argument("--threads", type=_threads, default=d.threads,
-                   help="BLAS threads each kernel call may use (default %(default)s: models run side by side "
+                   help="threads each kernel call may use (BLAS and compiled kernels) (default %(default)s: models run side by side "
                         "on their lanes, and with all cores per call one other busy process made conv-heavy "
                         "models several times slower, see docs/performance.md); 0 keeps the BLAS library's "
                         "default of all cores, fastest for one large model on an otherwise idle machine")
