@@ -81,6 +81,7 @@ class OpDef:
 
 
 REGISTRY: dict[tuple[str, str], OpDef] = {}
+INTERNAL_DOMAIN = "memserve"  # ops only the compiler emits (ElementwiseChain); refused in uploaded models
 
 
 def register(op: OpDef, domain: str = "") -> OpDef:
@@ -114,4 +115,4 @@ def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[Ten
 
 
 # Importing the modules registers their ops.
-from . import conv, elementwise, linalg, ml, reduce, resize, shape  # noqa: E402,F401
+from . import chain, conv, elementwise, linalg, ml, reduce, resize, shape  # noqa: E402,F401

@@ -9,6 +9,12 @@ while the model loads: the first Execute after a load runs machine code like
 the hundredth. Each dispatcher is built from its signatures alone, so a call
 with other types is refused (TypeError) instead of compiling.
 
+Kernel modules do not import numba: importing memserve stays fast, and numba
+reads its thread count once, when it is imported, which must come after
+--threads. A kernel loops over `jit.prange` and calls functions marked
+`@jit.helper`; when it compiles, those names in its module become
+`numba.prange` and inlined numba functions. Uncompiled, both run as Python.
+
 Compiled code is cached on disk by numba (keyed on the source file, its
 timestamp and the CPU): in $MEMSERVE_KERNEL_CACHE, else `<--state-dir>/kernels`
 for a daemon with one, else `~/.cache/memserve/kernels`. A cold compile of a
@@ -75,6 +81,46 @@ def _parallel_ok() -> bool:
     return True
 
 
+def prange(*args: int) -> range:
+    """numba.prange in a compiled kernel: its iterations are spread over the kernel's threads."""
+    return range(*args)
+
+
+class Helper:
+    """A function compiled kernels call, compiled into them (inlined)."""
+
+    def __init__(self, py: Callable):
+        self.py = py
+        self.nb: Any = None
+
+    def compiled(self) -> Any:
+        if self.nb is None:  # lazy: numba types and compiles it with the kernel that calls it
+            import numba
+
+            self.nb = numba.njit(inline="always", nogil=True, error_model="numpy")(self.py)
+        return self.nb
+
+    def __call__(self, *args: Any) -> Any:
+        return self.py(*args)
+
+
+def helper(py: Callable) -> Helper:
+    return Helper(py)
+
+
+def _bind_globals(py: Callable) -> None:
+    """Point the names a kernel's module gives `prange` and helpers at their numba versions
+    (helpers live in their kernel's module)."""
+    import numba
+
+    g = py.__globals__
+    for name, value in list(g.items()):
+        if value is prange:
+            g[name] = numba.prange
+        elif isinstance(value, Helper):
+            g[name] = value.compiled()
+
+
 class Compiled:
     """A numba kernel compiled on first `ensure()`; call `.fn` on the hot path (no indirection)."""
 
@@ -102,6 +148,7 @@ class Compiled:
         config.CACHE_DIR = cache_dir()
         pathlib.Path(config.CACHE_DIR).mkdir(parents=True, exist_ok=True)
         parallel = self.parallel and _parallel_ok()
+        _bind_globals(self.py)
         return numba.njit(self.signatures, cache=True, nogil=True, parallel=parallel,
                           fastmath=self.fastmath, error_model="numpy", boundscheck=False)(self.py)
 

@@ -33,6 +33,7 @@ from ..device import align_up
 from ..errors import InvalidArgument, MemserveError, ModelParseError, ResourceExhausted, UnsupportedModel
 from ..kernels import Node, OpDef, TensorInfo, evaluate, lookup
 from ..planner import Lifetime, plan_offsets
+from .chains import chain_elementwise
 from .fuse import fuse
 from .onnx_import import Graph, import_onnx
 from .plan import BIND, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, Placement, Plan, Step, TensorSlot, infer_all
@@ -95,6 +96,7 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     inputs, max_batch = _resolve_inputs(graph, options)
     walk = _Walk(graph, inputs, batched=max_batch > 0)
     fuse(walk, graph.outputs)
+    chain_elementwise(walk, graph.outputs)
     b = _Builder(walk)
     input_specs = [IOSpec(name, dtype, marked, b.add(name, TensorInfo(dtype, shape), INPUT))
                    for name, dtype, shape, marked in inputs]

@@ -23,7 +23,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from .. import budget
 from ..errors import ModelParseError, ResourceExhausted, UnsupportedModel
-from ..kernels import DTYPES, Node, lookup
+from ..kernels import DTYPES, INTERNAL_DOMAIN, Node, lookup
 from ..limits import MAX_NODES, MAX_SUBGRAPH_DEPTH
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -209,7 +209,8 @@ def _import_nodes(g: onnx.GraphProto, opsets: dict[str, int], weights: dict[str,
         if node.op_type == "ZipMap":
             raise UnsupportedModel(f"node {node.name!r} (ZipMap) outputs a sequence of maps; export the "
                                    "scikit-learn classifier with options={'zipmap': False}")
-        if lookup(node.domain, node.op_type) is None and node.op_type != "If":
+        # The compiler's own ops (an ElementwiseChain's program indexes memory) are never a model's to name.
+        if node.domain == INTERNAL_DOMAIN or (lookup(node.domain, node.op_type) is None and node.op_type != "If"):
             domain = f"{node.domain}." if node.domain else ""
             unsupported.append(f"{node.name!r} ({domain}{node.op_type})")
             continue
