@@ -1,5 +1,6 @@
 """Compiled kernels (kernels/jit.py): compiled once, from declared types only, cached on disk."""
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -49,3 +50,33 @@ def test_compiled_code_is_cached_in_the_kernel_cache(tmp_path):
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
     assert any((tmp_path / "cache").rglob("*.nbi"))  # numba's index file, under our directory
     assert "Counter()" in runs[0].stdout and "Counter()" not in runs[1].stdout  # second run: from the cache
+
+
+def test_a_load_compiles_what_its_model_runs_before_the_first_request(tmp_path):
+    """In a fresh process: after load, the chain kernel is machine code already, and executing adds no
+    compiled signature (nothing compiles on a request)."""
+    code = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, %r)
+        import numpy as np
+        from onnx import helper
+        from models import F32, graph_model
+        from memserve.device import CpuDevice
+        from memserve.kernels import chain
+        from memserve.registry import LoadOptions, Registry
+
+        nodes = [helper.make_node("Mul", ["x", "x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+        model = graph_model(nodes, [("x", F32, ["N", 64])], [("y", F32, ["N", 64])])
+        assert chain.run_chain.fn is None
+        reg = Registry(CpuDevice(1 << 26))
+        reg.load(model, LoadOptions(name="m", max_batch=2))
+        before = list(chain.run_chain.fn.signatures)
+        reg.execute("m", {"x": np.ones((2, 64), np.float32)})
+        assert list(chain.run_chain.fn.signatures) == before, (before, chain.run_chain.fn.signatures)
+        reg.close()
+        print("ok")
+    """ % str(pathlib.Path(__file__).parent))
+    mod = tmp_path / "load.py"
+    mod.write_text(code)
+    r = subprocess.run([sys.executable, str(mod)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
