@@ -150,3 +150,14 @@ def test_a_model_cannot_name_the_compilers_own_ops():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("memserve", 1)])
     with pytest.raises(UnsupportedModel, match="ElementwiseChain"):
         compile_model(model.SerializeToString())
+
+
+def test_read_only_and_unaligned_inputs_run_as_they_arrive():
+    """Inputs are views on request bytes (read-only) and, from an HTTP body, at any offset (unaligned):
+    the compiled kernel takes both as they are."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    model = graph_model(nodes, [("x", F32, [5])], [("y", F32, [5])])
+    raw = bytes(1) + np.arange(-2, 3, dtype=np.float32).tobytes()
+    x = np.frombuffer(raw, np.float32, count=5, offset=1)
+    assert not x.flags.writeable and not x.flags.aligned
+    np.testing.assert_array_equal(run_local(model, {"x": x})[0], np.maximum(np.arange(-2, 3) ** 2, 0))

@@ -120,7 +120,7 @@ def _unary(op, d, a, p, q, zero, one, m):
             d[j] = min(max(a[j], p), q)
 
 
-_SIG = "void(int64[:, ::1], {t}[::1], {t}[::1], {t}[::1], {t}[::1], {t}[::1], {t}[::1], {t}[:, ::1])"
+_SIG = "void(ro(int64[:, ::1]), ro({t}[::1]), ro({t}[::1]), ro({t}[::1]), ro({t}[::1]), ro({t}[::1]), {t}[::1], {t}[:, ::1])"
 
 
 @jit.compiled(_SIG.format(t="float32"), _SIG.format(t="float64"))

@@ -149,15 +149,27 @@ class Compiled:
         pathlib.Path(config.CACHE_DIR).mkdir(parents=True, exist_ok=True)
         parallel = self.parallel and _parallel_ok()
         _bind_globals(self.py)
-        return numba.njit(self.signatures, cache=True, nogil=True, parallel=parallel,
+        return numba.njit([_signature(s) for s in self.signatures], cache=True, nogil=True, parallel=parallel,
                           fastmath=self.fastmath, error_model="numpy", boundscheck=False)(self.py)
 
     def __call__(self, *args: Any) -> Any:
         return self.ensure()(*args)
 
 
+def _signature(text: str) -> Any:
+    """A numba signature from its string; `ro(t[::1])` marks an array the kernel only reads, which may
+    then be read-only (weights, a request's bytes) or unaligned (a tensor at any offset of an HTTP
+    body): numba matches both only when the signature allows them."""
+    from numba import types
+
+    def ro(t: Any) -> Any:
+        return types.Array(t.dtype, t.ndim, t.layout, readonly=True, aligned=False)
+
+    return eval(text, {**vars(types), "ro": ro})  # noqa: S307 - our own constant strings, never input
+
+
 def compiled(*signatures: str, parallel: bool = False, fastmath: bool = False) -> Callable[[Callable], Compiled]:
-    """Declare a kernel; `signatures` are numba type strings, e.g. "void(float32[:, ::1], int64)"."""
+    """Declare a kernel; `signatures` are numba type strings, e.g. "void(ro(float32[:, ::1]), int64)"."""
     def wrap(py: Callable) -> Compiled:
         return Compiled(py, list(signatures), parallel, fastmath)
     return wrap

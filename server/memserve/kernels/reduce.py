@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from . import Node, OpDef, TensorInfo, jit, register
 from .shape import norm_axis
 
 
@@ -119,6 +119,9 @@ register(OpDef("ArgMax", _arg_infer, _build_arg))
 register(OpDef("ArgMin", _arg_infer, _build_arg))
 
 
+_JIT_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the compiled kernels' dtypes
+
+
 # -- softmax ----------------------------------------------------------------------
 
 def _softmax_axis(node: Node, rank: int) -> int:
@@ -150,9 +153,42 @@ def _softmax_scratch(node, ins, outs):
     return [TensorInfo(x.dtype, shape)]
 
 
+_ROWS = "void(ro({t}[:, ::1]), {t}[:, ::1], boolean)"
+
+
+@jit.compiled(_ROWS.format(t="float32"), _ROWS.format(t="float64"))
+def softmax_rows(x, y, log):
+    """Softmax (or LogSoftmax) of each row; y may be x. Sums in float64."""
+    rows, cols = x.shape
+    for r in range(rows):
+        top = x[r, 0]
+        for c in range(1, cols):
+            top = max(top, x[r, c])
+        total = 0.0
+        if log:
+            for c in range(cols):
+                total += np.exp(x[r, c] - top)
+            shift = top + np.log(total)
+            for c in range(cols):
+                y[r, c] = x[r, c] - shift
+        else:
+            for c in range(cols):
+                e = np.exp(x[r, c] - top)
+                y[r, c] = e
+                total += e
+            for c in range(cols):
+                y[r, c] = y[r, c] / total
+
+
 def _build_softmax(node, ins, outs):
     axis = _softmax_axis(node, len(ins[0].shape))
     log = node.op_type == "LogSoftmax"
+    shape = ins[0].shape
+    if (node.opset < 13 or axis == len(shape) - 1) and ins[0].dtype in _JIT_FLOATS and 0 not in shape:
+        # Rows are contiguous: one compiled pass per row (numpy makes five calls over the whole tensor).
+        cols = int(np.prod(shape[axis:] if node.opset < 13 else shape[-1:], dtype=np.int64))
+        fn = softmax_rows.ensure()
+        return lambda i, o: fn(i[0].reshape(-1, cols), o[0].reshape(-1, cols), log)
 
     def run(i, o):
         x, ax = _rows_view(i[0], node, axis)
@@ -174,8 +210,10 @@ def _build_softmax(node, ins, outs):
     return run
 
 
-register(OpDef("Softmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch, inplace=(0,)))
-register(OpDef("LogSoftmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch, inplace=(0,)))
+register(OpDef("Softmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch, inplace=(0,),
+               compiled=(softmax_rows,)))
+register(OpDef("LogSoftmax", _softmax_infer, _build_softmax, scratch=_softmax_scratch, inplace=(0,),
+               compiled=(softmax_rows,)))
 
 
 # -- normalization ----------------------------------------------------------------
@@ -199,10 +237,50 @@ def _ln_scratch(node, ins, outs):
     return [TensorInfo(ins[0].dtype, (rows, 1)), TensorInfo(ins[0].dtype, (rows, 1))]
 
 
+_LN = "void(ro({t}[:, ::1]), ro({t}[::1]), ro({t}[::1]), boolean, float64, {t}[:, ::1], {t}[::1], {t}[::1])"
+
+
+@jit.compiled(_LN.format(t="float32"), _LN.format(t="float64"))
+def layer_norm_rows(x, scale, bias, has_bias, eps, y, mean, inv):
+    """y = (x - mean) / sqrt(var + eps) * scale [+ bias] per row; y may be x. Sums in float64."""
+    rows, cols = x.shape
+    for r in range(rows):
+        total = 0.0
+        for c in range(cols):
+            total += x[r, c]
+        m = total / cols
+        var = 0.0
+        for c in range(cols):
+            d = x[r, c] - m
+            var += d * d
+        iv = 1.0 / np.sqrt(var / cols + eps)
+        for c in range(cols):
+            v = (x[r, c] - m) * iv * scale[c]
+            y[r, c] = v + bias[c] if has_bias else v
+        mean[r] = m
+        inv[r] = iv
+
+
 def _build_ln(node, ins, outs):
     rows, cols = _ln_split(node, ins[0].shape)
     eps = node.attrs.get("epsilon", 1e-5)
     n_out = len(outs)
+    has_bias = len(ins) > 2 and ins[2] is not None
+    params = [p.shape for p in ins[1:3] if p is not None]
+    if ins[0].dtype in _JIT_FLOATS and all(int(np.prod(p, dtype=np.int64)) == cols for p in params) and cols:
+        fn = layer_norm_rows.ensure()
+
+        def compiled(i, o):
+            x, scale = i[0].reshape(-1, cols), i[1].reshape(-1)
+            n = x.shape[0]
+            mean, inv = o[-2].reshape(-1)[:n], o[-1].reshape(-1)[:n]
+            fn(x, scale, i[2].reshape(-1) if has_bias else scale, has_bias, eps, o[0].reshape(-1, cols), mean, inv)
+            if n_out > 1:
+                np.copyto(o[1].reshape(-1), mean, casting="unsafe")
+            if n_out > 2:
+                np.copyto(o[2].reshape(-1), inv, casting="unsafe")
+
+        return compiled
 
     def run(i, o):
         x, scale, bias = i[0], i[1], i[2] if len(i) > 2 else None
@@ -230,7 +308,8 @@ def _build_ln(node, ins, outs):
     return run
 
 
-register(OpDef("LayerNormalization", _ln_infer, _build_ln, scratch=_ln_scratch, inplace=(0,)))
+register(OpDef("LayerNormalization", _ln_infer, _build_ln, scratch=_ln_scratch, inplace=(0,),
+               compiled=(layer_norm_rows,)))
 
 
 def _bn_infer(node, ins):

@@ -356,6 +356,15 @@ def _gather_infer(node, ins):
 def _build_gather(node, ins, outs):
     axis = norm_axis(node, node.attrs.get("axis", 0), len(ins[0].shape))
     dim = ins[0].shape[axis]
+    known = ins[1].value
+    if known is not None:  # checked once here; a scalar index is a view, copied in one call
+        if known.size and (known.min() < -dim or known.max() >= dim):
+            raise InvalidArgument(f"node {node.name!r} (Gather): index out of range [-{dim}, {dim})")
+        if known.ndim == 0:
+            at = (slice(None),) * axis + (int(known) % dim,)
+            return lambda i, o: np.copyto(o[0], i[0][at])
+        wrapped = np.asarray(known, np.int64) % dim
+        return lambda i, o: np.take(i[0], wrapped, axis=axis, out=o[0])
 
     def run(i, o):
         idx = i[1]
