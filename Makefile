@@ -20,6 +20,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	tools/ensure_prometheus.sh
 	tools/ensure_perf_analyzer.sh >/dev/null || echo "perf_analyzer could not be installed: tests/test_perf_analyzer.py will be skipped" >&2
+	$(BIN)/python -m memserve.kernels
 	$(BIN)/python -m pytest $(ARGS)
 
 protos: $(STAMP)

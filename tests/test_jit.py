@@ -80,3 +80,12 @@ def test_a_load_compiles_what_its_model_runs_before_the_first_request(tmp_path):
     mod.write_text(code)
     r = subprocess.run([sys.executable, str(mod)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+def test_warming_fills_the_cache_with_every_kernel(tmp_path):
+    env = {**os.environ, "MEMSERVE_KERNEL_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "memserve.kernels"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    count = int(r.stdout.split()[0])
+    assert count >= 3 and len(list((tmp_path / "cache").rglob("*.nbi"))) >= 3

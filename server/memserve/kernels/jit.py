@@ -36,6 +36,7 @@ import threading
 from typing import Any, Callable
 
 _lock = threading.Lock()
+_all: list["Compiled"] = []
 _threads = 1
 _cache_dir: str | None = None
 
@@ -131,6 +132,7 @@ class Compiled:
         self.fastmath = fastmath
         self.fn: Any = None
         self.__name__ = py.__name__
+        _all.append(self)
 
     def ensure(self) -> Any:
         if self.fn is None:
@@ -179,3 +181,14 @@ def prepare(kernels: list[Compiled]) -> None:
     """Compile (or load from the cache) every kernel a model will call; run while it loads."""
     for k in kernels:
         k.ensure()
+
+
+def warm() -> int:
+    """Compile every kernel memserve has into the cache (a cold compile takes seconds per kernel; a load
+    that finds it cached, milliseconds). `python -m memserve.kernels` runs it; `make test` does
+    before the tests, so that no test's load waits for a compiler."""
+    from . import REGISTRY  # noqa: F401 - importing the kernels declares them
+
+    prepare(list(_all))
+    return len(_all)
+
