@@ -137,6 +137,8 @@ def test_dockerfile_runs_as_non_root_with_a_health_check():
     assert "EXPOSE 50051 8000 8002" in final
     assert '"--http-port", "8000", "--metrics-port", "8002"' in final
     assert "[dev]" not in final  # runtime dependencies only
+    # kernels compiled into the image, in a cache the non-root user reads
+    assert "ENV MEMSERVE_KERNEL_CACHE=/opt/memserve/kernels" in final and "python -m memserve.kernels" in final
 
 
 def test_the_image_builds_both_wheels_and_they_resolve_together(tmp_path):
