@@ -12,10 +12,12 @@ times it in float64 index and weight arrays.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from . import Node, OpDef, TensorInfo, jit, register
 
 CHUNK_ELEMENTS = 1 << 20  # elements of one gathered (positions x taps x other dims) temporary
 
@@ -152,6 +154,9 @@ def _build(node, ins, outs):
         if n_in == 0 and n_out > 0:
             raise InvalidArgument(f"node {node.name!r} ({node.op_type}): cannot resize an empty axis {a} to {n_out}")
         resized.append((a, k, n_in, n_out))
+    repeat = _integer_upsampling(p, resized, ins[0].dtype)
+    if repeat is not None:
+        return repeat
     extrapolation = node.attrs.get("extrapolation_value", 0.0)
     taps = {"nearest": 1, "linear": 2}.get(p["mode"], 4)
 
@@ -190,5 +195,65 @@ def _build(node, ins, outs):
     return run
 
 
-register(OpDef("Resize", _infer, _build, const_inputs=(1, 2, 3)))
-register(OpDef("Upsample", _infer, _build, const_inputs=(1,)))
+_UP = "void(ro({t}[:, :, ::1]), int64, int64, {t}[:, :, ::1])"
+
+
+@jit.compiled(*(_UP.format(t=t) for t in ("float32", "float64", "uint8", "int64")))
+def upsample_rows(x, fh, fw, y):
+    """y[p, i, j] = x[p, i // fh, j // fw]: each output row is written once, then copied fh - 1 times."""
+    planes, h, w = x.shape
+    for p in range(planes):
+        for i in range(h):
+            first = y[p, i * fh]
+            if fw == 2:  # the common x2: two stores per input, no inner loop
+                for j in range(w):
+                    first[2 * j] = x[p, i, j]
+                    first[2 * j + 1] = x[p, i, j]
+            else:
+                for j in range(w):
+                    v = x[p, i, j]
+                    for b in range(fw):
+                        first[j * fw + b] = v
+            for a in range(1, fh):
+                y[p, i * fh + a, :] = first
+
+
+def _integer_upsampling(p: dict, resized: list[tuple[int, int, int, int]], dtype: np.dtype):
+    """Nearest, asymmetric, floor, by whole factors (the FPN upsampling of detection models): output i
+    reads input i // f. On the last two axes (NCHW images) one compiled pass; elsewhere one strided copy
+    per factor offset. No temporaries."""
+    if p["mode"] != "nearest" or p["ctm"] != "asymmetric" or p["nearest"] != "floor" or not resized:
+        return None
+    factors = {}
+    for a, k, n_in, n_out in resized:
+        f = n_out // n_in if n_in else 0
+        if f < 2 or n_out != n_in * f or p["scales"][k] != f:
+            return None
+        factors[a] = f
+    shape = p["shape"]
+    rank = len(shape)
+    if rank >= 2 and set(factors) <= {rank - 2, rank - 1} and dtype in _UPSAMPLE_DTYPES:
+        fh, fw = factors.get(rank - 2, 1), factors.get(rank - 1, 1)
+        h, w = shape[-2] // fh, shape[-1] // fw
+        fn = upsample_rows.ensure()
+        return lambda i, o: fn(i[0].reshape(-1, h, w), fh, fw, o[0].reshape(-1, h * fh, w * fw))
+    out_view = [d for a in range(rank) for d in ((shape[a] // factors[a], factors[a]) if a in factors
+                                                   else (shape[a],))]
+    indexes = []  # one per combination of offsets within the factors: the input lands there whole
+    for off in itertools.product(*(range(factors[a]) for a in sorted(factors))):
+        at = dict(zip(sorted(factors), off))
+        indexes.append(tuple(k for a in range(rank) for k in ((slice(None), at[a]) if a in at else (slice(None),))))
+
+    def run(i, o):
+        y = o[0].reshape(out_view)
+        for index in indexes:
+            y[index] = i[0]
+
+    return run
+
+
+_UPSAMPLE_DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "uint8", "int64"))
+
+
+register(OpDef("Resize", _infer, _build, const_inputs=(1, 2, 3), compiled=(upsample_rows,)))
+register(OpDef("Upsample", _infer, _build, const_inputs=(1,), compiled=(upsample_rows,)))

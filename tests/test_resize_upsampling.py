@@ -1,0 +1,54 @@
+"""Resize by whole factors (nearest, asymmetric, floor) is one broadcast copy; other factors take the
+general path. Both against onnxruntime."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from models import F32, graph_model, ort_run, run_local
+
+
+def resize_model(shape, scales=None, sizes=None, nearest_mode="floor"):
+    inputs = ["x", "", "scales" if scales is not None else "", "sizes" if sizes is not None else ""]
+    weights = {}
+    if scales is not None:
+        weights["scales"] = np.asarray(scales, np.float32)
+    if sizes is not None:
+        weights["sizes"] = np.asarray(sizes, np.int64)
+    out = sizes if sizes is not None else [int(d * s) for d, s in zip(shape, scales)]
+    node = helper.make_node("Resize", inputs[:4 if sizes is not None else 3], ["y"], mode="nearest",
+                            coordinate_transformation_mode="asymmetric", nearest_mode=nearest_mode)
+    return graph_model([node], [("x", F32, list(shape))], [("y", F32, list(out))], weights, opset=13)
+
+
+@pytest.mark.parametrize("shape,scales,sizes", [
+    ((1, 96, 10, 10), [1, 1, 2, 2], None),
+    ((2, 3, 4, 5), [1, 1, 2, 3], None),
+    ((1, 24, 10, 10), None, [1, 24, 80, 80]),
+    ((2, 4, 6), [1, 4, 1], None),
+    ((2, 4, 6, 3), [2, 1, 1, 1], None),  # a leading axis: strided copies
+    ((1, 3, 5, 5), [1, 1, 1, 3], None),
+    ((1, 2, 4, 4), [1, 1, 1.5, 2], None),  # 1.5: the general path
+    ((1, 2, 5, 5), [1, 1, 2, 2], None),
+])
+def test_nearest_upsampling_matches_onnxruntime(shape, scales, sizes):
+    model = resize_model(shape, scales, sizes)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(run_local(model, {"x": x})[0], ort_run(model, {"x": x})[0])
+
+
+def test_round_prefer_floor_is_not_taken_for_floor():
+    """x4 with round_prefer_floor reads input round(i / 4), not i // 4: it must not use the repeat path."""
+    model = resize_model((1, 1, 3, 3), [1, 1, 4, 4], nearest_mode="round_prefer_floor")
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    np.testing.assert_array_equal(run_local(model, {"x": x})[0], ort_run(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.UINT8, np.uint8), (TensorProto.INT64, np.int64),
+                                        (TensorProto.INT32, np.int32)])
+def test_integer_tensors_upsample_too(elem, dtype):
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    model = graph_model([node], [("x", elem, [1, 2, 3, 3])], [("y", elem, [1, 2, 6, 6])],
+                        {"scales": np.array([1, 1, 2, 2], np.float32)}, opset=13)
+    x = np.arange(18, dtype=dtype).reshape(1, 2, 3, 3)
+    np.testing.assert_array_equal(run_local(model, {"x": x})[0], x.repeat(2, axis=2).repeat(2, axis=3))
