@@ -4,7 +4,9 @@ For every resized axis the output coordinate is mapped back to the input
 (the coordinate_transformation_mode), and each output position reads a few
 input taps with weights: 1 tap for nearest, 2 for linear, 4 for cubic. The
 axes are applied one after another; intermediate results are numpy
-temporaries (this op is rare on the hot path of the models served here).
+temporaries. The one case on the hot path of the models served here,
+nearest upsampling by whole factors (detection models' feature pyramids),
+takes a compiled pass with no temporaries instead (_integer_upsampling).
 Taps are computed, and gathered, a chunk of output positions at a time, so
 that the temporaries stay near CHUNK_ELEMENTS whatever the output's size: a
 tiny input asking for 2^28 outputs along one axis costs its output, not ten
