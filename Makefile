@@ -32,6 +32,7 @@ example: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/execute_latency.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/conv_kernels.py
 	$(BIN)/python bench/front.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/compile_time.py
