@@ -63,6 +63,58 @@ def _torch_models():
             x = self.layers(self.stem(x))
             return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
+    def conv_bn_act(cin, cout, k, stride=1, groups=1, act=nn.Hardswish):
+        layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+                  nn.BatchNorm2d(cout, eps=0.001, momentum=0.01)]
+        return nn.Sequential(*layers, *([act()] if act else []))
+
+    def divisible(v, d=8):
+        new = max(d, int(v + d / 2) // d * d)
+        return new + d if new < 0.9 * v else new
+
+    class SqueezeExcitation(nn.Module):
+        def __init__(self, c, squeeze):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+
+        def forward(self, x):
+            s = self.fc2(torch.relu(self.fc1(nn.functional.adaptive_avg_pool2d(x, 1))))
+            return x * nn.functional.hardsigmoid(s)
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin, k, exp, cout, se, act, stride):
+            super().__init__()
+            self.residual = stride == 1 and cin == cout
+            layers = [] if exp == cin else [conv_bn_act(cin, exp, 1, act=act)]
+            layers.append(conv_bn_act(exp, exp, k, stride, groups=exp, act=act))  # depthwise
+            if se:
+                layers.append(SqueezeExcitation(exp, divisible(exp // 4)))
+            layers.append(conv_bn_act(exp, cout, 1, act=None))
+            self.block = nn.Sequential(*layers)
+
+        def forward(self, x):
+            y = self.block(x)
+            return x + y if self.residual else y
+
+    class MobileNetV3Small(nn.Module):
+        """torchvision's mobilenet_v3_small (width 1.0), written out like ResNet18: the PyPI torchvision
+        wheel is built against CUDA torch, and its operators fail to load beside the CPU wheel."""
+
+        def __init__(self, classes=1000):
+            super().__init__()
+            re, hs = nn.ReLU, nn.Hardswish
+            setting = [(16, 3, 16, 16, True, re, 2), (16, 3, 72, 24, False, re, 2), (24, 3, 88, 24, False, re, 1),
+                       (24, 5, 96, 40, True, hs, 2), (40, 5, 240, 40, True, hs, 1), (40, 5, 240, 40, True, hs, 1),
+                       (40, 5, 120, 48, True, hs, 1), (48, 5, 144, 48, True, hs, 1), (48, 5, 288, 96, True, hs, 2),
+                       (96, 5, 576, 96, True, hs, 1), (96, 5, 576, 96, True, hs, 1)]
+            self.features = nn.Sequential(conv_bn_act(3, 16, 3, 2), *(InvertedResidual(*s) for s in setting),
+                                          conv_bn_act(96, 576, 1))
+            self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2),
+                                            nn.Linear(1024, classes))
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
     class Transformer(nn.Module):
         def __init__(self):
             super().__init__()
@@ -73,7 +125,7 @@ def _torch_models():
         def forward(self, x):
             return self.encoder(x)
 
-    return torch, SmallCNN, ResNet18, Transformer
+    return torch, SmallCNN, ResNet18, MobileNetV3Small, Transformer
 
 
 def _trained_bn(model):
@@ -106,10 +158,11 @@ def _export(model, x, dynamo: bool) -> bytes:
 
 
 def _torch_entry(kind: str, dynamo: bool = False) -> Model:
-    torch, SmallCNN, ResNet18, Transformer = _torch_models()
+    torch, SmallCNN, ResNet18, MobileNetV3Small, Transformer = _torch_models()
     torch.manual_seed(0)
     model, shape = {"cnn": (lambda: _trained_bn(SmallCNN()), (1, 3, 32, 32)),
                     "resnet18": (lambda: _trained_bn(ResNet18()), (1, 3, 224, 224)),
+                    "mobilenet_v3_small": (lambda: _trained_bn(MobileNetV3Small()), (1, 3, 224, 224)),
                     "transformer": (lambda: Transformer().eval(), (1, 16, 64))}[kind]
     m = model()
     x = torch.randn(2, *shape[1:])  # torch.export specializes a batch of 1; export at 2
@@ -176,6 +229,7 @@ SUITE: dict[str, Callable[[], Model]] = {
     "sklearn forest": lambda: _sklearn("forest"),
     "small cnn": lambda: _torch_entry("cnn"),
     "resnet18": lambda: _torch_entry("resnet18"),
+    "mobilenet_v3_small": lambda: _torch_entry("mobilenet_v3_small"),
     "transformer (torchscript)": lambda: _torch_entry("transformer"),
     "transformer (dynamo)": lambda: _torch_entry("transformer", dynamo=True),
     "pp-ocr cls": lambda: _ppocr("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from . import Node, OpDef, TensorInfo, depthwise, register
 
 # The im2col buffer of one tile: whole samples, or rows of one sample, up to this size.
 TILE_BYTES = 1 << 20
@@ -130,6 +130,8 @@ def _tile(x: TensorInfo, g: Geometry) -> tuple[int, int]:
 
 def _conv_scratch(node, ins, outs):
     x, w, groups, g = _conv_parts(node, ins)
+    if depthwise.supported(x, w, ins[2] if len(ins) > 2 else None, groups, g):
+        return []  # the depthwise kernel reads the input in place
     if _pointwise(g):
         return []
     samples, rows = _tile(x, g)
@@ -148,6 +150,8 @@ def _rows(g: Geometry, pos: int, size: int, r0: int, r1: int) -> tuple[slice, sl
 
 def _build_conv(node, ins, outs):
     x, w, groups, g = _conv_parts(node, ins)
+    if depthwise.supported(x, w, ins[2] if len(ins) > 2 else None, groups, g):  # adds the bias itself
+        return depthwise.build(x, w, ins[2] if len(ins) > 2 else None, g)
     n, c = x.shape[:2]
     m = w.shape[0]
     k = int(np.prod(g.kernel))
@@ -203,7 +207,7 @@ def _build_conv(node, ins, outs):
     return run
 
 
-register(OpDef("Conv", _conv_infer, _build_conv, scratch=_conv_scratch))
+register(OpDef("Conv", _conv_infer, _build_conv, scratch=_conv_scratch, compiled=depthwise.KERNELS))
 
 
 # -- ConvTranspose ----------------------------------------------------------------
