@@ -1,4 +1,4 @@
-"""Plan-time fusions: Conv+BatchNorm folding, decomposed LayerNorm and Gelu recognised."""
+"""Plan-time fusions: Conv+BatchNorm folding, Conv epilogues, decomposed LayerNorm and Gelu recognised."""
 import io
 import warnings
 
@@ -27,7 +27,7 @@ def test_batchnorm_after_conv_is_folded_into_its_weights():
              helper.make_node("Relu", ["n"], ["y"])]
     model = graph_model(nodes, [("x", F32, ["N", c, 8, 8])], [("y", F32, ["N", m, 8, 8])], weights)
     plan = compile_model(model, CompileOptions(max_batch=2))
-    assert run_ops(plan) == ["Conv", "Relu"]
+    assert run_ops(plan) == ["Conv"]  # the Relu too, as the Conv's fused epilogue
     x = rng.standard_normal((2, c, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(run_local(model, {"x": x}, max_batch=2)[0], ort_run(model, {"x": x})[0],
                                rtol=1e-4, atol=1e-5)

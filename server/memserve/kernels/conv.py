@@ -7,8 +7,27 @@ out/groups, in/groups * kernel) layout the GEMM wants, with it, writing
 straight into the output. The column buffer covers one tile of at most
 TILE_BYTES (whole samples, or output rows of one sample), so a convolution's
 work memory stays small whatever the image size. A 1x1 convolution with
-stride 1 and no padding skips the copy. Pooling walks
-the kernel positions and folds strided slices of the input into the output.
+stride 1 and no padding skips the copy. A 2-D float32/float64 input packs
+its tiles with one compiled pass (_im2col2d: padding written as it goes, no
+fill first); other ranks and dtypes, or a strided input, copy one strided
+slice per kernel position with numpy. A depthwise Conv takes depthwise.py's
+kernel instead.
+
+After each tile's GEMM, while that part of the output is still in cache, one
+compiled pass (_epilogue) adds the bias and, when the fuser folded them into
+the node (model/fuse.py), a residual (4th input) and an activation
+(`activation`: Relu, Clip, HardSwish or SiLU, with `activation_params`).
+The Conv declares no in-place input, so its output never shares the
+residual's bytes: the GEMM writes the output before the residual is read.
+
+Both compiled kernels run on the calling thread: the GEMM's BLAS threads
+spin-wait between calls, and numba's OpenMP threads did the same between
+tiles, so alternating them per tile fought over the cores (a ResNet
+convolution ran 30x slower at 2 threads on 2 cores, measured). The copy is
+a few percent of the GEMM; BLAS takes the threads.
+
+Pooling walks the kernel positions and folds strided slices of the input
+into the output.
 """
 from __future__ import annotations
 
@@ -19,7 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, depthwise, register
+from . import Node, OpDef, TensorInfo, depthwise, jit, register
+from .jit import prange
+
 
 # The im2col buffer of one tile: whole samples, or rows of one sample, up to this size.
 TILE_BYTES = 1 << 20
@@ -148,6 +169,138 @@ def _rows(g: Geometry, pos: int, size: int, r0: int, r1: int) -> tuple[slice, sl
     return slice(lo - r0, hi - r0), slice(lo * s + off, (hi - 1) * s + off + 1, s)
 
 
+# -- compiled im2col and epilogue (2-D, float32/float64) ------------------------------
+
+# Fused epilogues (model/fuse.py folds them into the Conv node): attribute `activation` names one, with
+# `activation_params`; an optional 4th input is a residual added before the activation.
+ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2, "HardSwish": 3, "SiLU": 4}
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# Inner loops index with unsigned integers: numba then drops its negative-index wraparound, and LLVM
+# vectorises the copies (3x faster than signed indices, measured). `prange` stays serial: the kernels
+# are compiled without parallel=True (module docstring).
+_u = np.uint64
+
+# The input and residual may be a request's bytes: read-only, maybe unaligned (jit.ro).
+_COL_SIG = "void(ro({t}[:, :, :, ::1]), {t}[:, :, ::1], " + ", ".join(["int64"] * 12) + ")"
+
+
+@jit.compiled(_COL_SIG.format(t="float32"), _COL_SIG.format(t="float64"))
+def _im2col2d(x, cols, n0, r0, r1, ow, kh, kw, sh, sw, dh, dw, ph, pw):
+    """cols[s, (c, i, j), (r - r0) * ow + q] = x[n0 + s, c, r * sh + i * dh - ph, q * sw + j * dw - pw],
+    zero where that falls in the padding; output rows r in [r0, r1). One pass, no prior fill."""
+    samples, channels, height, width = cols.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    for task in prange(samples * channels * kh):
+        s = task // (channels * kh)
+        c = (task // kh) % channels
+        i = task % kh
+        for j in range(kw):
+            dst = cols[s, (c * kh + i) * kw + j]
+            off = j * dw - pw  # output column q reads input column q * sw + off
+            lo = 0 if off >= 0 else min(ow, (sw - 1 - off) // sw)
+            hi = max(lo, min(ow, (width - 1 - off) // sw + 1))
+            for r in range(r0, r1):
+                base = (r - r0) * ow
+                h = r * sh + i * dh - ph
+                if h < 0 or h >= height:
+                    for q in range(ow):
+                        dst[_u(base + q)] = 0
+                    continue
+                src = x[n0 + s, c, h]
+                for q in range(lo):
+                    dst[_u(base + q)] = 0
+                if sw == 1:
+                    for q in range(lo, hi):
+                        dst[_u(base + q)] = src[_u(q + off)]
+                else:
+                    for q in range(lo, hi):
+                        dst[_u(base + q)] = src[_u(q * sw + off)]
+                for q in range(hi, ow):
+                    dst[_u(base + q)] = 0
+
+
+_EPI_SIG = ("void({t}[:, :, ::1], ro({t}[::1]), ro({t}[:, :, ::1]), int64, int64, int64, boolean, boolean, "
+            "{t}, {t}, {t}, {t})")
+
+
+@jit.compiled(_EPI_SIG.format(t="float32"), _EPI_SIG.format(t="float64"))
+def _epilogue(y, bias, res, p0, p1, act, has_bias, has_res, a, b, zero, one):
+    """y[n, m, p0:p1] = act(y + bias[m] + res[n, m]), in one pass over each (sample, channel) row.
+    `zero` and `one` in y's dtype keep the arithmetic in it (a Python 0 would make it float64)."""
+    channels = y.shape[1]
+    for task in prange(y.shape[0] * channels):
+        n = task // channels
+        m = task % channels
+        row = y[n, m]
+        bv = bias[m] if has_bias else zero
+        if has_res:
+            rr = res[n, m]
+            for q in range(p0, p1):
+                row[_u(q)] = row[_u(q)] + bv + rr[_u(q)]
+        elif has_bias:
+            for q in range(p0, p1):
+                row[_u(q)] += bv
+        if act == 1:
+            for q in range(p0, p1):
+                row[_u(q)] = max(row[_u(q)], zero)
+        elif act == 2:
+            for q in range(p0, p1):
+                row[_u(q)] = min(max(row[_u(q)], a), b)
+        elif act == 3:
+            for q in range(p0, p1):
+                v = row[_u(q)]
+                row[_u(q)] = v * min(max(v * a + b, zero), one)
+        elif act == 4:
+            for q in range(p0, p1):
+                v = row[_u(q)]
+                row[_u(q)] = v * (one / (one + np.exp(-v)))
+
+
+CONV_KERNELS = (_im2col2d, _epilogue)
+
+
+def _finisher(node, ins, outs, bias_done: bool):
+    """finish(inputs, y, n0, n1, r0, r1): bias (unless the kernel added it), residual and activation
+    over samples [n0, n1) and output rows [r0, r1) (first spatial axis). None when there is nothing to do."""
+    act = ACTIVATIONS[node.attrs.get("activation", "")]
+    params = [float(v) for v in node.attrs.get("activation_params", [])] + [0.0, 0.0]
+    has_bias = not bias_done and len(ins) > 2 and ins[2] is not None
+    has_res = len(ins) > 3 and ins[3] is not None
+    y = outs[0]
+    if not (act or has_bias or has_res):
+        return None
+    n, m = y.shape[:2]
+    row = math.prod(y.shape[3:])
+    p = y.shape[2] * row
+    bshape = (m,) + (1,) * (len(y.shape) - 2)
+    if y.dtype not in _KERNEL_DTYPES:  # the fuser fuses only into float32/float64 Convs: here just a bias
+        def finish_numpy(i, out, n0, n1, r0, r1):
+            out[n0:n1, :, r0:r1] += i[2].reshape(bshape)
+
+        return finish_numpy
+    fn = _epilogue.ensure()
+    a, b, z, one = (y.dtype.type(v) for v in (params[0], params[1], 0, 1))
+    zero = np.zeros(1, y.dtype)
+    zero3 = np.zeros((1, 1, 1), y.dtype)
+
+    def finish(i, out, n0, n1, r0, r1):
+        y3 = out.reshape(n, m, p)[n0:n1]
+        bias, res, add_res = i[2] if has_bias else zero, zero3, has_res
+        if has_res:
+            if i[3].flags.c_contiguous:
+                res = i[3].reshape(n, m, p)[n0:n1]
+            else:  # a strided view (reshaping it would copy): bias and residual in place with numpy
+                view = out[n0:n1, :, r0:r1]
+                if has_bias:
+                    view += i[2].reshape(bshape)
+                view += i[3][n0:n1, :, r0:r1]
+                bias, add_res = zero, False
+        fn(y3, bias, res, r0 * row, r1 * row, act, has_bias and bias is not zero, add_res, a, b, z, one)
+
+    return finish
+
+
 def _build_conv(node, ins, outs):
     x, w, groups, g = _conv_parts(node, ins)
     if depthwise.supported(x, w, ins[2] if len(ins) > 2 else None, groups, g):  # adds the bias itself
@@ -157,16 +310,16 @@ def _build_conv(node, ins, outs):
     k = int(np.prod(g.kernel))
     p = int(np.prod(g.out))
     row = int(np.prod(g.out[1:]))
-    has_bias = len(ins) > 2 and ins[2] is not None
-    bshape = (m,) + (1,) * len(g.out)
+    finish = _finisher(node, ins, outs, bias_done=False)
     if _pointwise(g):
         def run(i, o):
             y = o[0]
             np.matmul(i[1].reshape(groups, m // groups, -1), i[0].reshape(n, groups, c // groups, p),
                       out=y.reshape(n, groups, m // groups, p))
-            if has_bias:
-                y += i[2].reshape(bshape)
+            if finish:
+                finish(i, y, 0, n, 0, g.out[0])
 
+        run.fused = True
         return run
 
     samples, rows = _tile(x, g)
@@ -186,28 +339,52 @@ def _build_conv(node, ins, outs):
                 copies.append((dst, src))
             tiles.append((n0, min(n0 + samples, n), r0, r1, copies, not full))
     wg = (groups, m // groups, (c // groups) * k)
+    # 2-D float32/float64: the compiled im2col packs a tile in one pass, padding included.
+    im2col = _im2col2d.ensure() if len(g.out) == 2 and x.dtype in _KERNEL_DTYPES else None
+    geo = (g.out[1],) + g.kernel + g.strides + g.dilations + g.pads_begin if im2col else ()
 
     def run(i, o):
         xv, y, buf = i[0], o[0], o[1]
         wv = i[1].reshape(wg)
         yv = y.reshape(n, groups, m // groups, p)
+        packed = im2col is not None and xv.flags.c_contiguous
         for n0, n1, r0, r1, copies, pad in tiles:
+            positions = (r1 - r0) * row
             shape = (n1 - n0, c) + g.kernel + (r1 - r0,) + g.out[1:]
             cols = buf.reshape(-1)[: int(np.prod(shape))].reshape(shape)  # contiguous, even for a last short tile
-            if pad:
-                cols.fill(0)
-            for dst, src in copies:
-                cols[(slice(None), slice(None)) + dst] = xv[(slice(n0, n1), slice(None)) + src]
-            positions = (r1 - r0) * row
+            if packed:
+                im2col(xv, cols.reshape(n1 - n0, c * k, positions), n0, r0, r1, *geo)
+            else:
+                if pad:
+                    cols.fill(0)
+                for dst, src in copies:
+                    cols[(slice(None), slice(None)) + dst] = xv[(slice(n0, n1), slice(None)) + src]
             np.matmul(wv, cols.reshape(n1 - n0, groups, wg[2], positions),
                       out=yv[n0:n1, :, :, r0 * row: r0 * row + positions])
-        if has_bias:
-            y += i[2].reshape(bshape)
+            if finish:  # bias, residual, activation while the tile's output is in cache
+                finish(i, y, n0, n1, r0, r1)
 
+    run.fused = True
     return run
 
 
-register(OpDef("Conv", _conv_infer, _build_conv, scratch=_conv_scratch, compiled=depthwise.KERNELS))
+def _build_fused_conv(node, ins, outs):
+    """_build_conv, plus the fused epilogue after any kernel that does not apply it itself."""
+    run = _build_conv(node, ins, outs)
+    finish = None if getattr(run, "fused", False) else _finisher(node, ins, outs, bias_done=True)
+    if finish is None:
+        return run
+    n, rows = outs[0].shape[0], outs[0].shape[2]
+
+    def run_fused(i, o):
+        run(i, o)
+        finish(i, o[0], 0, n, 0, rows)
+
+    return run_fused
+
+
+register(OpDef("Conv", _conv_infer, _build_fused_conv, scratch=_conv_scratch,
+              compiled=CONV_KERNELS + depthwise.KERNELS))
 
 
 # -- ConvTranspose ----------------------------------------------------------------
