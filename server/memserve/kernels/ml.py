@@ -1,20 +1,23 @@
 """The ai.onnx.ml ops scikit-learn models export to (through skl2onnx).
 
-Trees are evaluated for all samples and all trees at once: every tree's
-nodes live in flat arrays, a (samples, trees) array of node indices steps
-down one level per iteration, and a dense (nodes, classes) matrix of leaf
-weights turns the final indices into scores. Outputs follow onnxruntime's
-conventions, including the binary-classifier special cases.
+Tree ensembles run compiled (jit.py): the trees are checked and flattened
+once while the model loads, and a numba kernel walks each sample down each
+tree until it reaches a leaf (see "tree ensembles" below). Outputs follow
+onnxruntime's conventions, including the binary-classifier special cases.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 from scipy import special
 
+from .. import budget
 from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from . import Node, OpDef, TensorInfo, jit, register
 
 ML = "ai.onnx.ml"
 F32, I64 = np.dtype(np.float32), np.dtype(np.int64)
@@ -168,77 +171,324 @@ register(OpDef("LinearRegressor", _linear_regressor_infer, _build_linear_regress
 
 
 # -- tree ensembles -------------------------------------------------------------------
+#
+# A model's trees are checked and flattened once, while it loads (`forest()`, cached on the node, its bytes
+# charged to the load): each node as four uint32s (feature, false and true child offsets, float32 threshold),
+# a leaf being its own child; each leaf's weights as a sparse row (Leaves). A compiled kernel (`_walk`) goes
+# tree by tree (its nodes stay in cache) and walks the samples down it until they reach a leaf, four at a
+# time when every test is BRANCH_LEQ, adding the leaf's weights into a float64 row per sample (planned
+# scratch); `_classify` and `_regress` add the base values, apply post_transform and write the outputs.
+# Each tree's walk is bounded by its longest root-to-leaf path, measured at load, where a cycle, a branch
+# to a missing node, a feature the input lacks, a duplicate node or ragged attributes are refused.
 
 MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5, "LEAF": 6}
-COMPARE = (np.less_equal, np.less, np.greater_equal, np.greater, np.equal, np.not_equal)
+LEAF, NAN_TRUE = 6, 8  # mode codes; NAN_TRUE is or-ed in when a missing value (NaN) takes the true branch
+AGGREGATES = {"SUM": 0, "AVERAGE": 1, "MIN": 2, "MAX": 3}
+TRANSFORMS = {"NONE": 0, "LOGISTIC": 1, "SOFTMAX": 2, "SOFTMAX_ZERO": 3, "PROBIT": 4}
+MAX_TREE_NODES = 1 << 26  # nodes (and leaf weights) in one ensemble; indices are int32
+_X_TYPES = ("float32", "float64", "int64", "int32")  # the input types ONNX allows for tree ensembles
+
+
+# (input, threshold): float thresholds are compared with float32 inputs in float32, as onnxruntime does; other
+# inputs (integers; float32 against double thresholds) are copied to float64 scratch first: two compiles.
+_WALK_TYPES = (("float32", "float32"), ("float64", "float64"))
+F64 = np.dtype(np.float64)
+
+
+@jit.compiled(*[f"void({x}[:, ::1], uint32[::1], {t}[::1], uint8[::1], boolean, uint32[::1], int64[::1], "
+                "int64[::1], int32[::1], float64[::1], int64, float64[:, ::1])" for x, t in _WALK_TYPES])
+def _walk(x, nodes, thr, mode, plain, roots, depth, leaf_ptr, leaf_col, leaf_w, agg, acc):
+    """acc[i] = the aggregate (agg: SUM/AVERAGE 0/1, MIN 2, MAX 3) over trees of the weights of the leaf
+    sample i reaches in each tree; MIN and MAX leave NaN where no leaf had a weight.
+
+    Node g lives at offset o = 4g of `nodes`: the feature it tests, the offsets of its false and true
+    children, and (thr[o + 3]) its threshold; a leaf is its own false child. mode[g] is the test
+    (MODES, | NAN_TRUE); `plain` says every test is BRANCH_LEQ without missing-value tracks, the case
+    walked four samples at a time. Tree t's walk stops at its leaf, after depth[t] tests at most."""
+    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
+    n = x.shape[0]
+    fill = 0.0 if agg < 2 else np.nan
+    for i in range(n):
+        for j in range(acc.shape[1]):
+            acc[i, j] = fill
+    for t in range(roots.shape[0]):
+        r = np.uint64(roots[t])
+        steps = depth[t]
+        i = 0
+        if plain:  # four independent walks at a time: their loads overlap
+            while i + 4 <= n:
+                x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+                a = b = c = d = r
+                for _ in range(steps):
+                    if (nodes[a + one] == a) & (nodes[b + one] == b) & (nodes[c + one] == c) & (nodes[d + one] == d):
+                        break
+                    a = np.uint64(nodes[a + two] if x0[np.uint64(nodes[a])] <= thr[a + three] else nodes[a + one])
+                    b = np.uint64(nodes[b + two] if x1[np.uint64(nodes[b])] <= thr[b + three] else nodes[b + one])
+                    c = np.uint64(nodes[c + two] if x2[np.uint64(nodes[c])] <= thr[c + three] else nodes[c + one])
+                    d = np.uint64(nodes[d + two] if x3[np.uint64(nodes[d])] <= thr[d + three] else nodes[d + one])
+                for g, s in ((a, i), (b, i + 1), (c, i + 2), (d, i + 3)):
+                    q = g >> two
+                    for k in range(leaf_ptr[q], leaf_ptr[q + one]):
+                        j = leaf_col[k]
+                        if agg < 2:
+                            acc[s, j] += leaf_w[k]
+                        elif agg == 2:
+                            if not acc[s, j] <= leaf_w[k]:  # also while acc is NaN: no weight yet
+                                acc[s, j] = leaf_w[k]
+                        elif not acc[s, j] >= leaf_w[k]:
+                            acc[s, j] = leaf_w[k]
+                i += 4
+        while i < n:
+            xi = x[i]
+            g = r
+            for _ in range(steps):
+                f = np.uint64(nodes[g + one])
+                if f == g:
+                    break
+                v = xi[np.uint64(nodes[g])]
+                th = thr[g + three]
+                m = mode[g >> two]
+                c = m & 7
+                if c == 0:
+                    go = v <= th
+                elif c == 1:
+                    go = v < th
+                elif c == 2:
+                    go = v >= th
+                elif c == 3:
+                    go = v > th
+                elif c == 4:
+                    go = v == th
+                else:
+                    go = v != th
+                if m & 8 and v != v:
+                    go = True
+                g = np.uint64(nodes[g + two]) if go else f
+            q = g >> two
+            for k in range(leaf_ptr[q], leaf_ptr[q + one]):
+                j = leaf_col[k]
+                if agg < 2:
+                    acc[i, j] += leaf_w[k]
+                elif agg == 2:
+                    if not acc[i, j] <= leaf_w[k]:
+                        acc[i, j] = leaf_w[k]
+                elif not acc[i, j] >= leaf_w[k]:
+                    acc[i, j] = leaf_w[k]
+            i += 1
+
+
+@jit.compiled("void(float64[:, ::1], float64[::1], int64, int64, int64, int64[::1], int64[::1], float32[:, ::1])")
+def _classify(acc, base, width, binary, transform, labels, label, scores):
+    """Per sample: scores = post_transform(acc + base) in float32 and label = labels[argmax] over the first
+    `width` columns of acc. binary (one class scored, onnxruntime's binary case): the score s stands for
+    [1 - s, s] when every weight is positive (binary 1) and no transform applies, else for [-s, s]; the
+    label is the second class when s passes 0.5 (weights all positive) or 0. PROBIT is left to numpy."""
+    for i in range(acc.shape[0]):
+        row = acc[i]
+        for j in range(width):
+            row[j] = np.float32(row[j] + base[j])
+        s = row[0]
+        if binary:
+            row[1] = s
+            row[0] = np.float32(1.0 - s) if (binary == 1 and (transform == 0 or transform == 4)) else -s
+        if transform == 1:
+            for j in range(width):
+                row[j] = np.float32(1.0 / (1.0 + np.exp(-row[j])))
+        elif transform == 2 or transform == 3:
+            top = row[0]
+            for j in range(1, width):
+                top = max(top, row[j])
+            total = 0.0
+            for j in range(width):
+                e = 0.0 if (transform == 3 and row[j] == 0.0) else np.exp(row[j] - top)
+                row[j] = e
+                total += e
+            for j in range(width):
+                row[j] = np.float32(0.5 if total == 0.0 else row[j] / total)
+        best = 0
+        if binary:
+            best = 1 if s > (0.5 if binary == 1 else 0.0) else 0
+        else:
+            for j in range(1, width):
+                if row[j] > row[best]:
+                    best = j
+        if labels.shape[0] == 1:
+            label[i] = labels[0] if best == 1 else 0
+        else:
+            label[i] = labels[best]
+        for j in range(scores.shape[1]):
+            scores[i, j] = row[j]
+
+
+@jit.compiled("void(float64[:, ::1], float64[::1], float64, int64, float32[:, ::1])")
+def _regress(acc, base, scale, transform, out):
+    """out = post_transform(acc * scale + base) (MIN/MAX rows: NaN, no weight, counts 0)."""
+    for i in range(acc.shape[0]):
+        row = acc[i]
+        n = out.shape[1]
+        for j in range(n):
+            v = row[j]
+            row[j] = (0.0 if v != v else v * scale) + base[j]
+        if transform == 1:
+            for j in range(n):
+                row[j] = 1.0 / (1.0 + np.exp(-row[j]))
+        elif transform == 2 or transform == 3:
+            top = row[0]
+            for j in range(1, n):
+                top = max(top, row[j])
+            total = 0.0
+            for j in range(n):
+                e = 0.0 if (transform == 3 and row[j] == 0.0) else np.exp(row[j] - top)
+                row[j] = e
+                total += e
+            for j in range(n):
+                row[j] = 0.5 if total == 0.0 else row[j] / total
+        for j in range(n):
+            out[i, j] = row[j]
 
 
 @dataclass
 class Forest:
-    feature: np.ndarray  # per node
-    threshold: np.ndarray
-    mode: np.ndarray
-    true_next: np.ndarray  # global index of the child taken when the test holds
-    false_next: np.ndarray
-    nan_true: np.ndarray  # a missing value (NaN) takes the true branch
-    roots: np.ndarray  # global index of each tree's root
-    depth: int
-    key: dict[tuple[int, int], int]  # (tree id, node id) -> global index
-    single_mode: int | None = None  # the one test all branches use, if they do
-    any_nan_true: bool = False
+    nodes: np.ndarray  # uint32 (4 * nodes): feature, false child's offset, true child's offset, threshold bits
+    threshold: np.ndarray  # float64 per node
+    doubles: bool  # thresholds came as doubles (nodes_values_as_tensor): compared in float64
+    mode: np.ndarray  # uint8 per node: MODES, | NAN_TRUE
+    plain: bool  # every test is BRANCH_LEQ, no missing-value track
+    roots: np.ndarray  # uint32 offset (4g) of each tree's root, by tree id
+    depths: np.ndarray  # int64 longest root-to-leaf path of each tree: its walk's bound
+    depth: int  # the longest of them
+    features: int  # 1 + the largest feature a test reads (0 if none)
+    lookup: Callable  # (tree ids, node ids) -> global indices, -1 where there is no such node
+    _thr64: np.ndarray | None = None
 
-    def leaves(self, x: np.ndarray) -> np.ndarray:
-        """(samples, trees) global indices of the leaf each sample reaches in each tree."""
-        idx = np.broadcast_to(self.roots, (x.shape[0], len(self.roots))).copy()
-        rows = np.arange(x.shape[0])[:, None]
-        for _ in range(self.depth):
-            leaf = self.mode[idx] == MODES["LEAF"]
-            if leaf.all():  # every sample reached a leaf in every tree
-                break
-            v = x[rows, self.feature[idx]]
-            t = self.threshold[idx]
-            if self.single_mode is not None:  # scikit-learn trees: every test is BRANCH_LEQ
-                go = COMPARE[self.single_mode](v, t)
-            else:
-                m = self.mode[idx]
-                go = np.select([m == k for k in range(6)], [f(v, t) for f in COMPARE], False)
-            if self.any_nan_true:
-                go |= np.isnan(v) & self.nan_true[idx]
-            idx = np.where(leaf, idx, np.where(go, self.true_next[idx], self.false_next[idx]))
-        return idx
+    def thresholds(self, x: np.dtype) -> np.ndarray:
+        """The threshold array _walk reads at offset 4g + 3, for inputs of type x."""
+        if x == F32 and not self.doubles:
+            return self.nodes.view(np.float32)
+        if self._thr64 is None:
+            t = np.zeros(len(self.nodes))
+            t[3::4] = self.threshold
+            self._thr64 = t
+        return self._thr64
 
 
 def _values(node: Node, name: str):
-    return node.attrs.get(name, node.attrs.get(f"{name}_as_tensor"))
+    v = node.attrs.get(name)
+    if v is None:
+        v = node.attrs.get(f"{name}_as_tensor")
+        if isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+    return v
+
+
+def _bad(node: Node, why: str) -> InvalidArgument:
+    return InvalidArgument(f"node {node.name!r} ({node.op_type}): {why}")
+
+
+def _int_attr(node: Node, name: str, n: int | None, default=None) -> np.ndarray:
+    v = node.attrs.get(name, default)
+    if v is None:
+        raise _bad(node, f"attribute {name!r} is missing")
+    a = np.asarray(v)
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        raise _bad(node, f"attribute {name!r} must be a list of integers")
+    if n is not None and a.size != n:
+        raise _bad(node, f"attribute {name!r} has {a.size} entries, not {n} like the others of its kind")
+    if a.size > MAX_TREE_NODES:
+        raise _bad(node, f"attribute {name!r} has {a.size} entries; memserve accepts at most {MAX_TREE_NODES}")
+    return a.astype(np.int64)
+
+
+def _float_attr(node: Node, name: str, n: int | None) -> np.ndarray:
+    v = _values(node, name)
+    a = np.asarray([] if v is None else v, np.float64).reshape(-1)
+    if n is not None and v is not None and a.size != n:
+        raise _bad(node, f"attribute {name!r} has {a.size} entries, not {n}")
+    return a
 
 
 def forest(node: Node) -> Forest:
+    """The node's trees, checked and flattened (once per node: cached on it)."""
+    cached = node.__dict__.get("_forest")
+    if cached is None:
+        cached = node.__dict__["_forest"] = _forest(node)
+    return cached
+
+
+def _forest(node: Node) -> Forest:
     a = node.attrs
-    trees, ids = np.asarray(a["nodes_treeids"]), np.asarray(a["nodes_nodeids"])
-    key = {(int(t), int(n)): g for g, (t, n) in enumerate(zip(trees, ids))}
-    modes = np.array([MODES[m.decode() if isinstance(m, bytes) else m] for m in a["nodes_modes"]], np.int8)
-    tnext = np.array([key.get((int(t), int(n)), g) for g, (t, n) in enumerate(zip(trees, a["nodes_truenodeids"]))])
-    fnext = np.array([key.get((int(t), int(n)), g) for g, (t, n) in enumerate(zip(trees, a["nodes_falsenodeids"]))])
-    nan_true = np.asarray(a.get("nodes_missing_value_tracks_true", [0] * len(ids)), bool)
-    tree_list = sorted(set(int(t) for t in trees))
-    first: dict[int, int] = {}
-    for g, t in enumerate(trees.tolist()):
-        first.setdefault(int(t), g)
-    roots = np.array([first[tid] for tid in tree_list])
-    threshold = np.asarray(_values(node, "nodes_values"), np.float64)
-    if "nodes_values_as_tensor" not in a:
-        threshold = threshold.astype(np.float32)
-    f = Forest(np.asarray(a["nodes_featureids"], np.int64), threshold, modes, tnext, fnext, nan_true, roots, 0, key)
-    # Depth: the longest path from a root, so that evaluation knows when to stop.
-    f.depth = _depth(node, modes != MODES["LEAF"], tnext, fnext, roots)
-    tests = set(np.unique(modes[modes != MODES["LEAF"]]).tolist())
-    f.single_mode = tests.pop() if len(tests) == 1 else None
-    f.any_nan_true = bool(nan_true.any())
-    return f
+    ids = _int_attr(node, "nodes_nodeids", None)
+    n = ids.size
+    trees = _int_attr(node, "nodes_treeids", n)
+    features = _int_attr(node, "nodes_featureids", n)
+    budget.charge(64 * n, f"node {node.name!r} ({node.op_type})")  # the arrays below and their temporaries
+    modes_in = a.get("nodes_modes")
+    if modes_in is None or len(modes_in) != n:
+        raise _bad(node, f"attribute 'nodes_modes' must have one entry per node ({n})")
+    names, inverse = np.unique(np.asarray([m.decode() if isinstance(m, bytes) else str(m) for m in modes_in],
+                                          dtype=object).astype(str), return_inverse=True)
+    unknown = [m for m in names.tolist() if m not in MODES]
+    if unknown:
+        raise _bad(node, f"unknown node mode {unknown[0][:40]!r}; modes are {', '.join(MODES)}")
+    mode = np.asarray([MODES[m] for m in names.tolist()], np.uint8)[inverse.reshape(-1)] if n else np.zeros(0, np.uint8)
+    inner = mode != LEAF
+    thresholds = _float_attr(node, "nodes_values", n)
+    threshold = thresholds if thresholds.size else np.zeros(n)
+    if "nodes_values_as_tensor" not in a:  # float attributes: compared as float32, as onnxruntime does
+        threshold = threshold.astype(np.float32).astype(np.float64)
+    nan_true = _int_attr(node, "nodes_missing_value_tracks_true", n, [0] * n) != 0
+    mode = mode | np.where(nan_true & inner, NAN_TRUE, 0).astype(np.uint8)
+
+    # (tree id, node id) -> global index, by sorting: no per-node Python objects.
+    tree_ids, tree_rank = np.unique(trees, return_inverse=True)
+    node_ids, node_rank = np.unique(ids, return_inverse=True)
+    keys = tree_rank.reshape(-1).astype(np.int64) * max(len(node_ids), 1) + node_rank.reshape(-1)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    if n and (sorted_keys[1:] == sorted_keys[:-1]).any():
+        k = int(order[1:][sorted_keys[1:] == sorted_keys[:-1]][0])
+        raise _bad(node, f"tree {trees[k]} has node id {ids[k]} twice")
+
+    def lookup(t: np.ndarray, m: np.ndarray) -> np.ndarray:
+        tr = np.clip(np.searchsorted(tree_ids, t), 0, max(len(tree_ids) - 1, 0))
+        nr = np.clip(np.searchsorted(node_ids, m), 0, max(len(node_ids) - 1, 0))
+        if not n:
+            return np.full(len(t), -1, np.int64)
+        key = tr * max(len(node_ids), 1) + nr
+        pos = np.clip(np.searchsorted(sorted_keys, key), 0, n - 1)
+        found = (tree_ids[tr] == t) & (node_ids[nr] == m) & (sorted_keys[pos] == key)
+        return np.where(found, order[pos], -1)
+
+    child = np.zeros((n, 2), np.int64)
+    for col, name in ((1, "nodes_truenodeids"), (0, "nodes_falsenodeids")):
+        target = lookup(trees, _int_attr(node, name, n))
+        missing = inner & (target < 0)
+        if missing.any():
+            k = int(np.flatnonzero(missing)[0])
+            raise _bad(node, f"node {ids[k]} of tree {trees[k]} branches to node "
+                             f"{int(_int_attr(node, name, n)[k])}, which the tree does not have")
+        child[:, col] = np.where(inner, target, np.arange(n))
+    _, first = np.unique(trees, return_index=True)  # a tree's root: its first node
+    roots = np.asarray(first, np.int64)
+    if inner.any():
+        lo, hi = int(features[inner].min()), int(features[inner].max())
+        if lo < 0:
+            raise _bad(node, f"a node tests feature {lo}")
+        width = hi + 1
+    else:
+        width = 0
+    depths = _depth(node, inner, child[:, 1], child[:, 0], roots)
+    packed = np.zeros((n, 4), np.uint32)
+    packed[:, 0] = np.where(inner, features, 0)
+    packed[:, 1:3] = 4 * child  # a leaf's children are itself
+    packed.view(np.float32)[:, 3] = threshold
+    return Forest(packed.reshape(-1), np.ascontiguousarray(threshold), "nodes_values_as_tensor" in a, mode,
+                  bool((mode[inner] == MODES["BRANCH_LEQ"]).all()), (4 * roots).astype(np.uint32), depths,
+                  int(depths.max(initial=0)), width, lookup)
 
 
-def _depth(node: Node, inner: np.ndarray, tnext: np.ndarray, fnext: np.ndarray, roots: np.ndarray) -> int:
-    """Longest root-to-leaf path, visiting each tree node once (a hostile chain of 10^5 nodes stays linear);
+def _depth(node: Node, inner: np.ndarray, tnext: np.ndarray, fnext: np.ndarray, roots: np.ndarray) -> np.ndarray:
+    """Each tree's longest root-to-leaf path, visiting each tree node once (a hostile chain of 10^5 nodes stays linear);
     a cycle is refused."""
     depth = np.zeros(len(inner), np.int64)
     state = np.zeros(len(inner), np.int8)  # 0 unseen, 1 on the path, 2 done
@@ -266,84 +516,183 @@ def _depth(node: Node, inner: np.ndarray, tnext: np.ndarray, fnext: np.ndarray, 
             depth[g] = 1 + max(depth[c] for c in children)
             state[g] = 2
             stack.pop()
-    return int(depth[roots].max(initial=0))
+    return depth[roots]
 
 
-def _leaf_matrix(node: Node, f: Forest, prefix: str, width: int) -> np.ndarray:
-    """Dense (nodes, width) weights: what each leaf adds to each class or target."""
-    w = np.zeros((len(f.feature), width), np.float64)
-    weights = _values(node, f"{prefix}_weights")
-    for t, n, c, v in zip(node.attrs[f"{prefix}_treeids"], node.attrs[f"{prefix}_nodeids"],
-                          node.attrs[f"{prefix}_ids"], weights):
-        w[f.key[int(t), int(n)], int(c)] += v
-    return w
+@dataclass
+class Leaves:
+    ptr: np.ndarray  # int64 (nodes + 1): node g's weights are col/w[ptr[g]:ptr[g + 1]]
+    col: np.ndarray  # int32 class or target
+    w: np.ndarray  # float64
+
+
+def _leaves(node: Node, f: Forest, prefix: str, width: int) -> Leaves:
+    """Each node's weights as a sparse row, in attribute order (onnxruntime's order of summation)."""
+    cached = node.__dict__.get("_leaves")
+    if cached is not None:
+        return cached
+    ids = _int_attr(node, f"{prefix}_ids", None)
+    m = ids.size
+    budget.charge(48 * m, f"node {node.name!r} ({node.op_type})")
+    trees, nodes = _int_attr(node, f"{prefix}_treeids", m), _int_attr(node, f"{prefix}_nodeids", m)
+    w = _float_attr(node, f"{prefix}_weights", m)
+    if w.size != m:
+        raise _bad(node, f"attribute '{prefix}_weights' must have one entry per weight ({m})")
+    if m and (ids.min() < 0 or ids.max() >= width):
+        raise _bad(node, f"{prefix}_ids must be 0 to {width - 1}, got {int(ids.max() if ids.max() >= width else ids.min())}")
+    g = f.lookup(trees, nodes)
+    if (g < 0).any():
+        k = int(np.flatnonzero(g < 0)[0])
+        raise _bad(node, f"a weight is for node {nodes[k]} of tree {trees[k]}, which the model does not have")
+    order = np.argsort(g, kind="stable")
+    ptr = np.zeros(len(f.mode) + 1, np.int64)
+    np.cumsum(np.bincount(g, minlength=len(f.mode)), out=ptr[1:])
+    leaves = Leaves(ptr, ids[order].astype(np.int32), np.ascontiguousarray(w[order]))
+    node.__dict__["_leaves"] = leaves
+    return leaves
+
+
+def _base(node: Node, width: int) -> np.ndarray:
+    base = _float_attr(node, "base_values", None)
+    if base.size == 0:
+        return np.zeros(width)
+    if base.size == 1:
+        return np.full(width, base[0])
+    if base.size < width:
+        raise _bad(node, f"base_values has {base.size} entries for {width} classes or targets")
+    return np.ascontiguousarray(base[:width])
+
+
+def _transform(node: Node) -> int:
+    name = node.attrs.get("post_transform", "NONE")
+    if name not in TRANSFORMS:
+        raise UnsupportedModel(f"post_transform {name!r} is not supported")
+    return TRANSFORMS[name]
+
+
+def _tree_input(node: Node, x: TensorInfo) -> tuple[int, int]:
+    n, features = _features(node, x)
+    if x.dtype.name not in _X_TYPES:
+        raise _bad(node, f"input type {x.dtype} is not one of {', '.join(_X_TYPES)}")
+    f = forest(node)
+    if f.features > features:
+        raise _bad(node, f"the trees test feature {f.features - 1} but the input has {features}")
+    f.thresholds(_walk_type(node, x))  # made now, while the model loads
+    return n, features
+
+
+def _walk_type(node: Node, x: TensorInfo) -> np.dtype:
+    """float32 inputs are walked as they are against float thresholds; anything else as float64."""
+    return F32 if x.dtype == F32 and not forest(node).doubles else F64
+
+
+def _x_scratch(node: Node, x: TensorInfo) -> list[TensorInfo]:
+    """The float64 copy of an input _walk does not take as it is."""
+    n, features = _features(node, x)
+    return [] if x.dtype == _walk_type(node, x) else [TensorInfo(F64, (n, features))]
+
+
+def _x(i, o, k: int, features: int) -> np.ndarray:
+    """The input as _walk takes it: itself, or copied into its scratch o[k]."""
+    x = i[0].reshape(-1, features)
+    if len(o) > k:
+        np.copyto(o[k], x, casting="unsafe")
+        return o[k]
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
+def _classes(node: Node) -> tuple[np.ndarray, list, int]:
+    labels = np.asarray(_labels(node), np.int64)
+    if not len(labels):
+        raise _bad(node, "the classifier has no class labels")
+    ids = _int_attr(node, "class_ids", None)
+    if ids.size and (ids.min() < 0 or ids.max() >= max(len(labels), 2)):  # bounds the score rows
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): class_ids must index its "
+                              f"{len(labels)} class labels, got {int(ids.max() if ids.max() >= 0 else ids.min())}")
+    classes = max(len(labels), int(ids.max()) + 1 if ids.size else 0)
+    return labels, ids, classes
 
 
 def _tree_classifier_infer(node, ins):
+    n, _ = _tree_input(node, ins[0])
+    labels, _, classes = _classes(node)
+    _leaves(node, forest(node), "class", classes)
+    return [TensorInfo(I64, (n,)), TensorInfo(F32, (n, len(labels)))]
+
+
+def _tree_classifier_scratch(node, ins, outs):
     n, _ = _features(node, ins[0])
-    return [TensorInfo(I64, (n,)), TensorInfo(F32, (n, len(_labels(node))))]
+    return [TensorInfo(F64, (n, max(_classes(node)[2], 2)))] + _x_scratch(node, ins[0])
 
 
 def _build_tree_classifier(node, ins, outs):
+    _, features = _tree_input(node, ins[0])
     f = forest(node)
-    labels = np.asarray(_labels(node), np.int64)
-    ids = node.attrs["class_ids"]
-    if min(ids) < 0 or max(ids) >= max(len(labels), 2):  # the leaf matrix is (nodes, classes): bound it
-        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): class_ids must index its "
-                              f"{len(labels)} class labels, got {max(ids)}")
-    classes = max(len(labels), int(max(ids)) + 1)
-    leaf = _leaf_matrix(node, f, "class", classes)
-    base = np.asarray(_values(node, "base_values") or [0.0] * classes, np.float64)
-    transform = node.attrs.get("post_transform", "NONE")
-    binary = len(set(node.attrs["class_ids"])) == 1
+    labels, ids, classes = _classes(node)
+    leaf = _leaves(node, f, "class", classes)
+    weights = _float_attr(node, "class_weights", None)
+    binary = 0 if len(np.unique(ids)) != 1 else 1 if (weights >= 0).all() else 2
+    width = max(classes, 2) if binary else classes
+    base = np.zeros(width)
+    base[:classes] = _base(node, classes)
+    transform = _transform(node)
+    walk, classify = _walk.ensure(), _classify.ensure()
+    n_out = len(node.outputs)
+    no_scores = np.empty((1, 0), np.float32)
+    args = (f.nodes, f.thresholds(_walk_type(node, ins[0])), f.mode, f.plain, f.roots, f.depths, leaf.ptr, leaf.col, leaf.w, 0)
 
     def run(i, o):
-        x = np.asarray(i[0], np.float32).reshape(-1, ins[0].shape[-1])
-        scores = (base + leaf[f.leaves(x)].sum(axis=1)).astype(np.float32)
-        if binary:  # one score column stands for both classes
-            scores = np.stack([scores[:, 0], scores[:, 0]], 1) if scores.shape[1] == 1 else scores
-            scores[:, 1] = scores[:, 0]
-            scores[:, 0] = 1 - scores[:, 1] if transform in ("NONE", "PROBIT") else -scores[:, 1]
-        scores = post_transform(transform, scores)
-        if len(labels) == 1:
-            label = np.where(np.argmax(scores, axis=1) == 1, labels[0], 0)
-        else:
-            label = labels[np.argmax(scores, axis=1)]
-        _store(o, label, scores[:, : o[1].shape[1]] if len(o) > 1 else scores)
+        acc = o[n_out]
+        walk(_x(i, o, n_out + 1, features), *args, acc)
+        scores = o[1] if n_out > 1 else no_scores
+        label = o[0].reshape(-1)
+        classify(acc, base, width, binary, transform, labels, label, scores)
+        if transform == TRANSFORMS["PROBIT"] and n_out > 1:
+            scores[...] = post_transform("PROBIT", scores)
 
     return run
 
 
 def _tree_regressor_infer(node, ins):
+    n, _ = _tree_input(node, ins[0])
+    targets = node.attrs.get("n_targets", 1)
+    if not 1 <= targets <= MAX_TREE_NODES:
+        raise _bad(node, f"n_targets must be 1 to {MAX_TREE_NODES}, got {targets}")
+    _leaves(node, forest(node), "target", targets)
+    if node.attrs.get("aggregate_function", "SUM") not in AGGREGATES:
+        raise UnsupportedModel(f"node {node.name!r}: aggregate_function {node.attrs['aggregate_function']!r}")
+    _transform(node)
+    return [TensorInfo(F32, (n, targets))]
+
+
+def _tree_regressor_scratch(node, ins, outs):
     n, _ = _features(node, ins[0])
-    return [TensorInfo(F32, (n, node.attrs.get("n_targets", 1)))]
+    return [TensorInfo(F64, (n, node.attrs.get("n_targets", 1)))] + _x_scratch(node, ins[0])
 
 
 def _build_tree_regressor(node, ins, outs):
+    _, features = _tree_input(node, ins[0])
     f = forest(node)
     targets = node.attrs.get("n_targets", 1)
-    leaf = _leaf_matrix(node, f, "target", targets)
-    base = np.asarray(_values(node, "base_values") or [0.0] * targets, np.float64)
-    agg = node.attrs.get("aggregate_function", "SUM")
-    transform = node.attrs.get("post_transform", "NONE")
+    leaf = _leaves(node, f, "target", targets)
+    base = _base(node, targets)
+    agg = AGGREGATES[node.attrs.get("aggregate_function", "SUM")]
+    scale = 1.0 / max(len(f.roots), 1) if agg == AGGREGATES["AVERAGE"] else 1.0
+    transform = _transform(node)
+    walk, regress = _walk.ensure(), _regress.ensure()
+    args = (f.nodes, f.thresholds(_walk_type(node, ins[0])), f.mode, f.plain, f.roots, f.depths, leaf.ptr, leaf.col, leaf.w, agg)
 
     def run(i, o):
-        x = np.asarray(i[0], np.float32).reshape(-1, ins[0].shape[-1])
-        per_tree = leaf[f.leaves(x)]  # (samples, trees, targets)
-        if agg == "SUM":
-            r = per_tree.sum(axis=1)
-        elif agg == "AVERAGE":
-            r = per_tree.mean(axis=1)
-        elif agg == "MIN":
-            r = per_tree.min(axis=1)
-        elif agg == "MAX":
-            r = per_tree.max(axis=1)
-        else:
-            raise UnsupportedModel(f"node {node.name!r}: aggregate_function {agg!r}")
-        np.copyto(o[0], post_transform(transform, r + base), casting="unsafe")
+        acc, out = o[1], o[0].reshape(-1, targets)
+        walk(_x(i, o, 2, features), *args, acc)
+        regress(acc, base, scale, 0 if transform == TRANSFORMS["PROBIT"] else transform, out)
+        if transform == TRANSFORMS["PROBIT"]:
+            out[...] = post_transform("PROBIT", out)
 
     return run
 
 
-register(OpDef("TreeEnsembleClassifier", _tree_classifier_infer, _build_tree_classifier), ML)
-register(OpDef("TreeEnsembleRegressor", _tree_regressor_infer, _build_tree_regressor), ML)
+register(OpDef("TreeEnsembleClassifier", _tree_classifier_infer, _build_tree_classifier,
+               scratch=_tree_classifier_scratch, compiled=(_walk, _classify)), ML)
+register(OpDef("TreeEnsembleRegressor", _tree_regressor_infer, _build_tree_regressor,
+               scratch=_tree_regressor_scratch, compiled=(_walk, _regress)), ML)
