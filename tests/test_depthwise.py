@@ -71,8 +71,10 @@ CASES = [
     ((1, 4, 8, 8), 3, 2, dict(pads=[1, 1, 1, 1]), True),  # two output channels per input channel
     ((4, 3, 9, 7), 5, 3, dict(pads=[2, 1, 2, 1], strides=[2, 1]), False),
     ((1, 2, 3, 40), 3, 1, dict(pads=[1, 1, 1, 1]), True),
-    ((1, 2, 70, 70), 3, 1, dict(pads=[1, 1, 1, 1]), True),  # above FLAT_PIXELS: row by row
-    ((1, 2, 70, 70), 5, 1, dict(pads=[2, 2, 2, 2], strides=[2, 2]), True),
+    ((1, 2, 130, 130), 3, 1, dict(pads=[1, 1, 1, 1]), True),  # above FLAT_PIXELS: tap by tap
+    ((1, 2, 70, 70), 5, 1, dict(pads=[2, 2, 2, 2], strides=[2, 2]), True),  # wide strided: rows
+    ((2, 3, 100, 101), 3, 2, dict(pads=[1, 0, 2, 3], strides=[3, 3], dilations=[2, 2]), True),
+    ((1, 2, 9, 80), 4, 1, dict(pads=[0, 5, 1, 6], strides=[1, 2]), False),
     ((1, 16, 56, 56), 3, 1, dict(pads=[1, 1, 1, 1]), True),
 ]
 
@@ -97,6 +99,17 @@ def test_depthwise_matches_onnxruntime(case, dtype):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     plan = compile_model(model, CompileOptions(input_shapes={"x": shape}))
     assert [s.scratch for s in plan.steps if s.node is not None and s.node.op_type == "Conv"] == [[]]
+
+
+def test_the_cases_take_every_path():
+    from memserve.kernels.conv import geometry
+    from memserve.kernels import Node
+
+    taken = set()
+    for shape, k, _, attrs, _ in CASES:
+        g = geometry(Node("Conv", "c", [], [], dict(attrs)), shape[2:], (k, k))
+        taken.add(depthwise.path(shape[3], g))
+    assert taken == set(depthwise.PATHS)
 
 
 def test_the_reference_agrees_with_onnxruntime():

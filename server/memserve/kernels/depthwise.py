@@ -6,21 +6,28 @@ per output, too few for im2col + GEMM to pay for its copy: the column buffer
 is K times the input and the GEMM is K deep. This kernel reads the input in
 place and writes straight into the output, with no scratch.
 
-Per (sample, output channel), in parallel over both, one of two loops:
+Per (sample, output channel), in parallel over both, one of three loops
+(path() picks; each was the fastest on the MobileNet and PP-OCR shapes it
+takes). None has a bounds check in its inner loop or multiplies padding:
 
 - flat: a stride-1 convolution whose output is as wide as its input (the
   "same" convolutions of MobileNets) on a plane of at most FLAT_PIXELS. Tap
   (kh, kw) then reads the flattened input at one constant offset from each
-  flattened output, so each tap is one long axpy over the plane, however
-  narrow its rows (7 wide in MobileNetV3's last blocks); the columns that
-  fall in the padding, which would read the neighbouring row, are masked out
-  with a select (never multiplied by zero: an Inf or NaN stays put).
-- by rows: each output row starts as the bias, then every kernel row whose
-  input row is real adds its taps, three at a time, over the output columns
-  where all three see the input (one contiguous range, computed at build
-  time: no bounds checks and no division in the loop); each tap's remaining
-  columns are added one by one, and padding costs nothing. Stride 1 loads
-  contiguous slices (vectorised by LLVM), stride 2 with a constant stride.
+  flattened output, so each tap is one long contiguous axpy over the plane,
+  however narrow its rows (7 wide in MobileNetV3's last blocks); the columns
+  that fall in the padding, which would read the neighbouring row, are
+  masked out with a select (never multiplied by zero: Inf and NaN stay put).
+- taps: every other stride-1 convolution, and strided ones with narrow
+  outputs. Each tap adds itself over exactly the outputs that see the input
+  through it: its rows, and the columns [lo, hi) computed once per node.
+- rows: strided convolutions with outputs at least ROWS_WIDTH wide. Per
+  output row, the taps in blocks of up to 3 x 3, one pass over the columns
+  where the whole block sees the input (fewer loads and stores of the
+  output per multiply-add), each tap's remaining columns one by one.
+
+Indices are unsigned where they are never negative: numba then drops its
+negative-index wraparound, which keeps LLVM from vectorising. A strided
+input is read with scalar loads: LLVM's gathers ran slower on AMD Zen.
 
 Sizes, strides, dilations and pads are int64 arguments: one compile per dtype
 (float32, float64) serves every shape. The input and weights are typed
@@ -40,11 +47,11 @@ _u = np.uint64
 
 def _sig(t: str) -> str:
     return (f"void(ro({t}[:, :, :, ::1]), ro({t}[:, :, :, ::1]), ro({t}[::1]), Array({t}, 4, 'C', aligned=False), "
-            "int64[::1], int64[::1], uint8[:, ::1], int64, int64, int64, int64, int64, int64, int64, boolean, boolean)")
+            "int64[::1], int64[::1], uint8[:, ::1], int64, int64, int64, int64, int64, int64, int64, boolean, int64)")
 
 
 @compiled(_sig("float32"), _sig("float64"), parallel=True, fastmath={"contract"})  # contract: FMAs, no NaN games
-def depthwise2d(x, w, b, y, lo, hi, mask, sh, sw, dh, dw, ph, pw, mult, has_bias, flat):
+def depthwise2d(x, w, b, y, lo, hi, mask, sh, sw, dh, dw, ph, pw, mult, has_bias, mode):
     """y[n, m] = b[m] + sum over (kh, kw) of w[m, 0, kh, kw] * x[n, m // mult] at
     (oh * sh - ph + kh * dh, ow * sw - pw + kw * dw), zero outside the input.
 
@@ -58,82 +65,130 @@ def depthwise2d(x, w, b, y, lo, hi, mask, sh, sw, dh, dw, ph, pw, mult, has_bias
         m = task - n * m_
         c = m // mult
         bias = b[m] if has_bias else 0.0
-        if flat:
+        if mode == 1:
             _flat(x[n, c], w[m, 0], y[n, m], lo, hi, mask, dh, dw, ph, pw, bias)
-            continue
-        for oh in range(oh_):
-            yr = y[n, m, oh]
-            for ow in range(ow_):
-                yr[ow] = bias
-            base = oh * sh - ph
-            for kh in range(kh_):
-                ih = base + kh * dh
-                if ih < 0 or ih >= h:
-                    continue
-                xr = x[n, c, ih]
-                # Taps in threes: one pass over the row adds three of them where all three see the input
-                # (fewer loads and stores of y per multiply-add); each tap's remaining columns one by one.
-                for k0 in range(0, kw_, 3):
-                    t = min(3, kw_ - k0)
-                    clo, chi = lo[k0], hi[k0 + t - 1]  # lo and hi fall as kw grows
-                    if chi <= clo:
-                        clo = chi = 0
-                    for kw in range(k0, k0 + t):
+        elif mode == 2:
+            _taps(x[n, c], w[m, 0], y[n, m], lo, hi, sh, sw, dh, dw, ph, pw, bias)
+        else:
+            _rows(x[n, c], w[m, 0], y[n, m], lo, hi, sh, sw, dh, dw, ph, pw, bias)
+
+
+@helper
+def _rows(x, w, y, lo, hi, sh, sw, dh, dw, ph, pw, bias):
+    """One plane, row by row: the taps in blocks of up to 3 x 3, each block one pass over the
+    output columns where all its taps see the input, every tap's remaining columns one by one."""
+    h = x.shape[0]
+    oh_, ow_ = y.shape
+    kh_, kw_ = w.shape
+    for oh in range(oh_):
+        yr = y[oh]
+        for ow in range(ow_):
+            yr[ow] = bias
+        base = oh * sh - ph
+        k_lo = 0  # the kernel rows whose input row is real: [k_lo, k_hi)
+        while k_lo < kh_ and base + k_lo * dh < 0:
+            k_lo += 1
+        k_hi = k_lo
+        while k_hi < kh_ and base + k_hi * dh < h:
+            k_hi += 1
+        for kh0 in range(k_lo, k_hi, 3):
+            th = min(3, k_hi - kh0)
+            x0 = x[base + kh0 * dh]
+            x1 = x[base + (kh0 + 1) * dh] if th > 1 else x0
+            x2 = x[base + (kh0 + 2) * dh] if th > 2 else x0
+            for k0 in range(0, kw_, 3):
+                tw = min(3, kw_ - k0)
+                clo, chi = lo[k0], hi[k0 + tw - 1]  # lo and hi fall as kw grows
+                if chi <= clo:
+                    clo = chi = 0
+                for kh in range(kh0, kh0 + th):
+                    xr = x[base + kh * dh]
+                    for kw in range(k0, k0 + tw):
                         off = kw * dw - pw  # output column ow reads input column ow * sw + off
-                        wv = w[m, 0, kh, kw]
+                        wv = w[kh, kw]
                         for ow in range(lo[kw], min(hi[kw], clo)):
                             yr[ow] += wv * xr[ow * sw + off]
                         for ow in range(max(lo[kw], chi), hi[kw]):
                             yr[ow] += wv * xr[ow * sw + off]
-                    cnt = chi - clo
-                    if cnt <= 0:
-                        continue
-                    # Slices, so that the loops index from 0 up: numba's wraparound check on a possibly
-                    # negative index would keep LLVM from vectorising them.
-                    ys = yr[clo:chi]
-                    s0 = clo * sw + k0 * dw - pw
-                    w0 = w[m, 0, kh, k0]
-                    w1 = w[m, 0, kh, k0 + 1] if t > 1 else w0
-                    w2 = w[m, 0, kh, k0 + 2] if t > 2 else w0
-                    if sw == 1:  # unit stride: contiguous slices, vector loads
-                        c0 = xr[s0:s0 + cnt]
-                        c1 = xr[s0 + dw:s0 + dw + cnt] if t > 1 else c0
-                        c2 = xr[s0 + 2 * dw:s0 + 2 * dw + cnt] if t > 2 else c0
-                        if t == 3:
-                            for j in range(cnt):
-                                ys[j] += w0 * c0[j] + w1 * c1[j] + w2 * c2[j]
-                        elif t == 2:
-                            for j in range(cnt):
-                                ys[j] += w0 * c0[j] + w1 * c1[j]
-                        else:
-                            for j in range(cnt):
-                                ys[j] += w0 * c0[j]
-                    elif sw == 2:  # a constant stride: LLVM vectorises the loads as interleaved pairs
-                        s1, s2 = s0 + dw, s0 + 2 * dw
-                        if t == 3:
-                            for j in range(cnt):
-                                ys[j] += (w0 * xr[_u(s0 + 2 * j)] + w1 * xr[_u(s1 + 2 * j)]
-                                          + w2 * xr[_u(s2 + 2 * j)])
-                        elif t == 2:
-                            for j in range(cnt):
-                                ys[j] += w0 * xr[_u(s0 + 2 * j)] + w1 * xr[_u(s1 + 2 * j)]
-                        else:
-                            for j in range(cnt):
-                                ys[j] += w0 * xr[_u(s0 + 2 * j)]
-                    else:
-                        span = (cnt - 1) * sw + 1
-                        g0 = xr[s0:s0 + span:sw]
-                        g1 = xr[s0 + dw:s0 + dw + span:sw] if t > 1 else g0
-                        g2 = xr[s0 + 2 * dw:s0 + 2 * dw + span:sw] if t > 2 else g0
-                        if t == 3:
-                            for j in range(cnt):
-                                ys[j] += w0 * g0[j] + w1 * g1[j] + w2 * g2[j]
-                        elif t == 2:
-                            for j in range(cnt):
-                                ys[j] += w0 * g0[j] + w1 * g1[j]
-                        else:
-                            for j in range(cnt):
-                                ys[j] += w0 * g0[j]
+                if chi > clo:  # a literal stride, once inlined: LLVM vectorises unit and constant strides
+                    if sw == 1:
+                        _block(yr, x0, x1, x2, w, kh0, k0, th, tw, clo, chi - clo, 1, dw, pw)
+                    else:  # scalar: LLVM's gathers for a constant stride of 2 run slower on AMD Zen
+                        _block(yr, x0, x1, x2, w, kh0, k0, th, tw, clo, chi - clo, sw, dw, pw)
+
+
+@helper
+def _block(yr, x0, x1, x2, w, kh0, k0, th, tw, clo, cnt, sw, dw, pw):
+    """yr[clo:clo + cnt] += the taps of kernel rows kh0.. (th of them, input rows x0, x1, x2) and
+    columns k0.. (tw of them), every one of which sees the input over these columns. A smaller block
+    than 3 x 3 still loads nine values, of real taps only (a missing row or column repeats the first),
+    and drops the missing ones with a select: never a multiply by zero, which would turn Inf to NaN."""
+    ys = yr[clo:clo + cnt]
+    s0 = clo * sw + k0 * dw - pw
+    d1 = dw if tw > 1 else 0
+    d2 = 2 * dw if tw > 2 else 0
+    w00, w01, w02 = w[kh0, k0], w[kh0, k0 + d1 // dw], w[kh0, k0 + d2 // dw]
+    r1, r2 = kh0 + (1 if th > 1 else 0), kh0 + (2 if th > 2 else 0)
+    w10, w11, w12 = w[r1, k0], w[r1, k0 + d1 // dw], w[r1, k0 + d2 // dw]
+    w20, w21, w22 = w[r2, k0], w[r2, k0 + d1 // dw], w[r2, k0 + d2 // dw]
+    if th == 3 and tw == 3:
+        for j in range(cnt):
+            q = s0 + sw * j
+            ys[j] += (w00 * x0[_u(q)] + w01 * x0[_u(q + d1)] + w02 * x0[_u(q + d2)]
+                      + w10 * x1[_u(q)] + w11 * x1[_u(q + d1)] + w12 * x1[_u(q + d2)]
+                      + w20 * x2[_u(q)] + w21 * x2[_u(q + d1)] + w22 * x2[_u(q + d2)])
+    else:
+        c1, c2, t1, t2 = tw > 1, tw > 2, th > 1, th > 2
+        for j in range(cnt):
+            q = s0 + sw * j
+            a0 = w00 * x0[_u(q)]
+            a1 = w10 * x1[_u(q)]
+            a2 = w20 * x2[_u(q)]
+            v = w01 * x0[_u(q + d1)]
+            a0 = a0 + v if c1 else a0
+            v = w02 * x0[_u(q + d2)]
+            a0 = a0 + v if c2 else a0
+            v = w11 * x1[_u(q + d1)]
+            a1 = a1 + v if c1 else a1
+            v = w12 * x1[_u(q + d2)]
+            a1 = a1 + v if c2 else a1
+            v = w21 * x2[_u(q + d1)]
+            a2 = a2 + v if c1 else a2
+            v = w22 * x2[_u(q + d2)]
+            a2 = a2 + v if c2 else a2
+            a0 = a0 + a1 if t1 else a0
+            ys[j] += a0 + a2 if t2 else a0
+
+
+@helper
+def _taps(x, w, y, lo, hi, sh, sw, dh, dw, ph, pw, bias):
+    """One plane, tap by tap: each tap adds itself over exactly the outputs that see the input
+    through it (rows from its kernel row, columns [lo, hi)), with no border work and a few cycles
+    of setup per row. For strided convolutions with narrow outputs, whose rows are too short for
+    _rows' blocks to pay for themselves."""
+    h = x.shape[0]
+    oh_, ow_ = y.shape
+    kh_, kw_ = w.shape
+    for oh in range(oh_):
+        yr = y[oh]
+        for ow in range(ow_):
+            yr[ow] = bias
+    wd = x.shape[1]
+    xf = x.reshape(h * wd)
+    yf = y.reshape(oh_ * ow_)
+    for kh in range(kh_):
+        off_h = kh * dh - ph  # output row oh reads input row oh * sh + off_h
+        r0 = max(0, -(off_h // sh))
+        r1 = max(r0, min(oh_, (h - 1 - off_h) // sh + 1))
+        for kw in range(kw_):
+            a, e = lo[kw], hi[kw]
+            wv = w[kh, kw]
+            for oh in range(r0, r1):
+                yo = oh * ow_
+                xo = (oh * sh + off_h) * wd + kw * dw - pw  # output column ow reads xo + ow * sw
+                for ow in range(a, e):
+                    yf[_u(yo + ow)] += wv * xf[_u(xo + ow * sw)]
+
 
 @helper
 def _flat(x, w, y, lo, hi, mask, dh, dw, ph, pw, bias):
@@ -161,23 +216,23 @@ def _flat(x, w, y, lo, hi, mask, dh, dw, ph, pw, bias):
             if cnt <= 0 or hi[kw] <= lo[kw]:
                 continue
             wv = w[kh, kw]
-            ys = yf[pa:pb]
-            xs = xf[pa + shift:pb + shift]
             if lo[kw] == 0 and hi[kw] == ow_:
-                for j in range(cnt):
-                    ys[j] += wv * xs[j]
+                for p in range(pa, pb):
+                    yf[_u(p)] += wv * xf[_u(p + shift)]
             else:
-                ms = mask[kw, pa:pb]
-                for j in range(cnt):
-                    v = ys[j]
-                    ys[j] = v + wv * xs[j] if ms[j] else v
-
+                mk = mask[kw]
+                for p in range(pa, pb):
+                    v = yf[_u(p)]
+                    yf[_u(p)] = v + wv * xf[_u(p + shift)] if mk[_u(p)] else v
 
 KERNELS = (depthwise2d,)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Planes up to this many output pixels take the flat path when they can (its column masks are this size
 # per kernel column); wider ones go row by row, whose per-row work is then small beside the row.
-FLAT_PIXELS = 4096
+FLAT_PIXELS = 1 << 14
+# What the flat path cannot take goes tap by tap (_taps), but for strided convolutions with outputs at
+# least this wide, which go row by row (_rows). Both measured on MobileNet and PP-OCR shapes.
+ROWS_WIDTH = 32
 
 
 def supported(x, w, b, groups: int, g) -> bool:
@@ -203,11 +258,18 @@ def columns(width: int, kw: int, sw: int, dw: int, pw: int, out_width: int) -> t
     return lo, np.maximum(hi, lo)
 
 
-def flat_mask(g, out_width: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray | None:
-    """For the flat path (stride 1, output as wide as the input, a plane of at most FLAT_PIXELS):
-    mask[kw, p] = 1 where output pixel p's column sees the input through tap kw; else None."""
-    if g.strides != (1, 1) or g.out[1] != out_width or g.out[0] * g.out[1] > FLAT_PIXELS:
-        return None
+PATHS = {"rows": 0, "flat": 1, "taps": 2}
+
+
+def path(width: int, g) -> str:
+    """Which loop runs a plane (the module's docstring): input width, conv.Geometry."""
+    if g.strides == (1, 1) and g.out[1] == width and g.out[0] * g.out[1] <= FLAT_PIXELS:
+        return "flat"
+    return "rows" if g.strides[1] > 1 and g.out[1] >= ROWS_WIDTH else "taps"
+
+
+def flat_mask(g, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """For the flat path: mask[kw, p] = 1 where output pixel p's column sees the input through tap kw."""
     col = np.arange(g.out[0] * g.out[1]) % g.out[1]
     return ((col >= lo[:, None]) & (col < hi[:, None])).astype(np.uint8)
 
@@ -227,13 +289,12 @@ def build(x, w, b, g):
     mult = w.shape[0] // x.shape[1]
     has_bias = b is not None
     zero = np.zeros(1, x.dtype)
-    mask = flat_mask(g, x.shape[3], lo, hi)
-    flat = mask is not None
-    if mask is None:
-        mask = np.zeros((1, 1), np.uint8)
+    way = path(x.shape[3], g)
+    mode = PATHS[way]
+    mask = flat_mask(g, lo, hi) if way == "flat" else np.zeros((1, 1), np.uint8)
 
     def run(i, o):
         fn(_c(i[0]), _c(i[1]), _c(i[2]) if has_bias else zero, o[0], lo, hi, mask, sh, sw, dh, dw, ph, pw, mult,
-           has_bias, flat)
+           has_bias, mode)
 
     return run
