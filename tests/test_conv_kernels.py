@@ -73,6 +73,10 @@ CASES = [
     ((1, 3, 30), (4, (5,)), dict(pads=[2, 1], strides=[2])),  # 1-D: numpy im2col
     ((1, 2, 5, 6, 7), (3, (3, 2, 3)), dict(pads=[1, 0, 1, 1, 1, 0])),  # 3-D
     ((1, 7, 11, 9), (5, (7, 5)), dict(strides=[2, 3], pads=[3, 2, 3, 2])),
+    # wider channels (deep sums), asymmetric pads, a tall thin image tiled by rows
+    ((1, 64, 21, 18), (64, (3, 3)), dict(pads=[1, 1, 1, 1])),
+    ((1, 32, 17, 16), (48, (3, 3)), dict(pads=[0, 1, 2, 1])),
+    ((1, 128, 40, 9), (16, (3, 3)), dict(pads=[1, 1, 1, 1])),
 ]
 
 
@@ -80,9 +84,10 @@ def _case(x_shape, wspec, attrs, seed, dtype=np.float32, bias=True):
     rng = np.random.default_rng(seed)
     m, kernel = wspec
     group = attrs.get("group", 1)
-    w = rng.standard_normal((m, x_shape[1] // group, *kernel)).astype(dtype)
+    # Scaled like trained weights (fan-in): outputs of order 1, whose float32 rounding fits atol 1e-5.
+    w = (rng.standard_normal((m, x_shape[1] // group, *kernel)) / np.sqrt(x_shape[1] // group * np.prod(kernel)))
     b = rng.standard_normal(m).astype(dtype) if bias else None
-    return rng, w, b
+    return rng, w.astype(dtype), b
 
 
 @pytest.mark.parametrize("batch", [1, 4])
