@@ -319,3 +319,31 @@ def test_huge_attribute_arrays_are_refused_at_load(monkeypatch):
 
     monkeypatch.setattr(ml, "MAX_TREE_NODES", 2)
     assert "at most 2" in load_error(model("TreeEnsembleRegressor", stump(), 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_read_only_and_unaligned_inputs(sklearn_models, dtype):
+    """A request's bytes are read-only, and an HTTP tensor may sit at any offset: the walk takes both."""
+    a, w = random_trees(9, 5, 3, 5, ["BRANCH_LEQ"], 2)
+    data = model("TreeEnsembleRegressor", regressor(a, w, 2), 3, dtype)
+    x = inputs(9, 3, dtype)
+    raw = np.frombuffer(b"\0" + x.tobytes(), np.uint8)[1:]  # read-only, off by one byte
+    odd = raw.view(dtype).reshape(x.shape) if raw.ctypes.data % x.itemsize == 0 else \
+        np.ndarray(x.shape, dtype, raw.data)
+    assert not odd.flags.writeable
+    np.testing.assert_allclose(run_local(data, {"x": odd}, max_batch=9)[0], ort_run(data, {"x": x})[0], rtol=1e-5)
+    x.setflags(write=False)
+    np.testing.assert_allclose(run_local(data, {"x": x}, max_batch=9)[0], ort_run(data, {"x": x})[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 37, 64])
+def test_parallel_walk_matches(sklearn_models, monkeypatch, batch):
+    """With --threads 2 a batch of 32 samples and more is walked in blocks over threads."""
+    from memserve.kernels import jit
+
+    monkeypatch.setattr(jit, "_threads", 2)
+    check(sklearn_models["forest-multi"], rng.standard_normal((batch, 6)).astype(np.float32))
+    a, w = random_trees(10, 6, 3, 6, MODES, 2, missing=True)
+    check(model("TreeEnsembleRegressor", regressor(a, w, 2), 3), inputs(batch, 3, nans=True))
+    if batch >= 32:
+        assert jit._all and any(k.__name__ == "_walk_parallel" and k.fn is not None for k in jit._all)
