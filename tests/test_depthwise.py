@@ -72,6 +72,8 @@ CASES = [
     ((4, 3, 9, 7), 5, 3, dict(pads=[2, 1, 2, 1], strides=[2, 1]), False),
     ((1, 2, 3, 40), 3, 1, dict(pads=[1, 1, 1, 1]), True),
     ((1, 2, 130, 130), 3, 1, dict(pads=[1, 1, 1, 1]), True),  # above FLAT_PIXELS: tap by tap
+    ((1, 2, 90, 61), 5, 1, dict(pads=[2, 3, 2, 1]), True),  # flat, asymmetric
+    ((1, 3, 20, 20), 3, 1, dict(pads=[1, 1, 2, 2]), True),  # stride 1 but not "same": tap by tap
     ((1, 2, 70, 70), 5, 1, dict(pads=[2, 2, 2, 2], strides=[2, 2]), True),  # wide strided: rows
     ((2, 3, 100, 101), 3, 2, dict(pads=[1, 0, 2, 3], strides=[3, 3], dilations=[2, 2]), True),
     ((1, 2, 9, 80), 4, 1, dict(pads=[0, 5, 1, 6], strides=[1, 2]), False),
