@@ -228,7 +228,41 @@ def _walk_rows(x, lo, hi, nodes, thr, mode, plain, roots, depth, leaf_ptr, leaf_
         r = np.uint64(roots[t])
         steps = depth[t]
         i = lo
-        if plain:  # four independent walks at a time: their loads overlap
+        if plain:  # eight (then four) independent walks at a time: their loads overlap
+            while i + 8 <= hi:
+                x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+                x4, x5, x6, x7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
+                a = b = c = d = e = f = g = h = r
+                for _ in range(steps):
+                    if ((nodes[a + one] == a) & (nodes[b + one] == b) & (nodes[c + one] == c)
+                            & (nodes[d + one] == d) & (nodes[e + one] == e) & (nodes[f + one] == f)
+                            & (nodes[g + one] == g) & (nodes[h + one] == h)):
+                        break
+                    fa, ta = np.uint64(nodes[a + one]), np.uint64(nodes[a + two])
+                    a = fa ^ ((ta ^ fa) & (zero - np.uint64(x0[np.uint64(nodes[a])] <= thr[a + three])))
+                    fb, tb = np.uint64(nodes[b + one]), np.uint64(nodes[b + two])
+                    b = fb ^ ((tb ^ fb) & (zero - np.uint64(x1[np.uint64(nodes[b])] <= thr[b + three])))
+                    fc, tc = np.uint64(nodes[c + one]), np.uint64(nodes[c + two])
+                    c = fc ^ ((tc ^ fc) & (zero - np.uint64(x2[np.uint64(nodes[c])] <= thr[c + three])))
+                    fd, td = np.uint64(nodes[d + one]), np.uint64(nodes[d + two])
+                    d = fd ^ ((td ^ fd) & (zero - np.uint64(x3[np.uint64(nodes[d])] <= thr[d + three])))
+                    fe, te = np.uint64(nodes[e + one]), np.uint64(nodes[e + two])
+                    e = fe ^ ((te ^ fe) & (zero - np.uint64(x4[np.uint64(nodes[e])] <= thr[e + three])))
+                    ff, tf = np.uint64(nodes[f + one]), np.uint64(nodes[f + two])
+                    f = ff ^ ((tf ^ ff) & (zero - np.uint64(x5[np.uint64(nodes[f])] <= thr[f + three])))
+                    fg, tg = np.uint64(nodes[g + one]), np.uint64(nodes[g + two])
+                    g = fg ^ ((tg ^ fg) & (zero - np.uint64(x6[np.uint64(nodes[g])] <= thr[g + three])))
+                    fh, th = np.uint64(nodes[h + one]), np.uint64(nodes[h + two])
+                    h = fh ^ ((th ^ fh) & (zero - np.uint64(x7[np.uint64(nodes[h])] <= thr[h + three])))
+                _add_leaf(acc, i, a >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                _add_leaf(acc, i + 1, b >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                _add_leaf(acc, i + 2, c >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                _add_leaf(acc, i + 3, d >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                _add_leaf(acc, i + 4, e >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                _add_leaf(acc, i + 5, f >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                _add_leaf(acc, i + 6, g >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                _add_leaf(acc, i + 7, h >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                i += 8
             while i + 4 <= hi:
                 x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
                 a = b = c = d = r
@@ -248,34 +282,34 @@ def _walk_rows(x, lo, hi, nodes, thr, mode, plain, roots, depth, leaf_ptr, leaf_
                 _add_leaf(acc, i + 2, c >> two, leaf_ptr, leaf_col, leaf_w, agg)
                 _add_leaf(acc, i + 3, d >> two, leaf_ptr, leaf_col, leaf_w, agg)
                 i += 4
-        while i < hi:
+        while i < hi:  # one sample at a time, any test
             xi = x[i]
-            g = r
+            node = r
             for _ in range(steps):
-                f = np.uint64(nodes[g + one])
-                if f == g:
+                no = np.uint64(nodes[node + one])
+                if no == node:
                     break
-                v = xi[np.uint64(nodes[g])]
-                th = thr[g + three]
-                m = mode[g >> two]
-                c = m & 7
-                if c == 0:
-                    go = v <= th
-                elif c == 1:
-                    go = v < th
-                elif c == 2:
-                    go = v >= th
-                elif c == 3:
-                    go = v > th
-                elif c == 4:
-                    go = v == th
+                v = xi[np.uint64(nodes[node])]
+                limit = thr[node + three]
+                m = mode[node >> two]
+                test = m & 7
+                if test == 0:
+                    go = v <= limit
+                elif test == 1:
+                    go = v < limit
+                elif test == 2:
+                    go = v >= limit
+                elif test == 3:
+                    go = v > limit
+                elif test == 4:
+                    go = v == limit
                 else:
-                    go = v != th
+                    go = v != limit
                 if m & 8 and v != v:
                     go = True
-                tn = np.uint64(nodes[g + two])
-                g = f ^ ((tn ^ f) & (zero - np.uint64(go)))
-            _add_leaf(acc, i, g >> two, leaf_ptr, leaf_col, leaf_w, agg)
+                yes = np.uint64(nodes[node + two])
+                node = no ^ ((yes ^ no) & (zero - np.uint64(go)))
+            _add_leaf(acc, i, node >> two, leaf_ptr, leaf_col, leaf_w, agg)
             i += 1
 
 
@@ -572,7 +606,8 @@ def _leaves(node: Node, f: Forest, prefix: str, width: int) -> Leaves:
     if w.size != m:
         raise _bad(node, f"attribute '{prefix}_weights' must have one entry per weight ({m})")
     if m and (ids.min() < 0 or ids.max() >= width):
-        raise _bad(node, f"{prefix}_ids must be 0 to {width - 1}, got {int(ids.max() if ids.max() >= width else ids.min())}")
+        bad = int(ids.max() if ids.max() >= width else ids.min())
+        raise _bad(node, f"{prefix}_ids must be 0 to {width - 1}, got {bad}")
     g = f.lookup(trees, nodes)
     if (g < 0).any():
         k = int(np.flatnonzero(g < 0)[0])
@@ -686,7 +721,8 @@ def _build_tree_classifier(node, ins, outs):
     walk, classify = _walker(ins[0]), _classify.ensure()
     n_out = len(node.outputs)
     no_scores = np.empty((1, 0), np.float32)
-    args = (f.nodes, f.thresholds(_walk_type(node, ins[0])), f.mode, f.plain, f.roots, f.depths, leaf.ptr, leaf.col, leaf.w, 0)
+    args = (f.nodes, f.thresholds(_walk_type(node, ins[0])), f.mode, f.plain, f.roots, f.depths, leaf.ptr, leaf.col,
+            leaf.w, 0)
 
     def run(i, o):
         acc = o[n_out]
@@ -727,7 +763,8 @@ def _build_tree_regressor(node, ins, outs):
     scale = 1.0 / max(len(f.roots), 1) if agg == AGGREGATES["AVERAGE"] else 1.0
     transform = _transform(node)
     walk, regress = _walker(ins[0]), _regress.ensure()
-    args = (f.nodes, f.thresholds(_walk_type(node, ins[0])), f.mode, f.plain, f.roots, f.depths, leaf.ptr, leaf.col, leaf.w, agg)
+    args = (f.nodes, f.thresholds(_walk_type(node, ins[0])), f.mode, f.plain, f.roots, f.depths, leaf.ptr, leaf.col,
+            leaf.w, agg)
 
     def run(i, o):
         acc, out = o[1], o[0].reshape(-1, targets)
