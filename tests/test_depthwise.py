@@ -75,6 +75,8 @@ CASES = [
     ((1, 2, 90, 61), 5, 1, dict(pads=[2, 3, 2, 1]), True),  # flat, asymmetric
     ((1, 3, 20, 20), 3, 1, dict(pads=[1, 1, 2, 2]), True),  # stride 1 but not "same": tap by tap
     ((1, 2, 70, 70), 5, 1, dict(pads=[2, 2, 2, 2], strides=[2, 2]), True),  # wide strided: rows
+    ((1, 2, 70, 70), 3, 1, dict(pads=[1, 1, 1, 1], strides=[2, 2]), True),  # wide strided 3 x 3: rows
+    ((2, 2, 70, 71), 3, 2, dict(pads=[0, 2, 1, 0], strides=[2, 3], dilations=[2, 1]), False),
     ((2, 3, 100, 101), 3, 2, dict(pads=[1, 0, 2, 3], strides=[3, 3], dilations=[2, 2]), True),
     ((1, 2, 9, 80), 4, 1, dict(pads=[0, 5, 1, 6], strides=[1, 2]), False),
     ((1, 16, 56, 56), 3, 1, dict(pads=[1, 1, 1, 1]), True),

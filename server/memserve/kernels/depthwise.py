@@ -20,10 +20,11 @@ takes). None has a bounds check in its inner loop or multiplies padding:
 - taps: every other stride-1 convolution, and strided ones with narrow
   outputs. Each tap adds itself over exactly the outputs that see the input
   through it: its rows, and the columns [lo, hi) computed once per node.
-- rows: strided convolutions with outputs at least ROWS_WIDTH wide. Per
-  output row, the taps in blocks of up to 3 x 3, one pass over the columns
-  where the whole block sees the input (fewer loads and stores of the
-  output per multiply-add), each tap's remaining columns one by one.
+- rows: strided 3 x 3 convolutions with outputs at least ROWS_WIDTH wide.
+  Per output row, all nine taps in one pass over the columns where they all
+  see the input (fewer loads and stores of the output per multiply-add),
+  each tap's remaining columns one by one. (The loop takes any kernel, in
+  blocks of up to 3 x 3, but smaller blocks ran slower than tap by tap.)
 
 Indices are unsigned where they are never negative: numba then drops its
 negative-index wraparound, which keeps LLVM from vectorising. A strided
@@ -76,14 +77,17 @@ def depthwise2d(x, w, b, y, lo, hi, mask, sh, sw, dh, dw, ph, pw, mult, has_bias
 @helper
 def _rows(x, w, y, lo, hi, sh, sw, dh, dw, ph, pw, bias):
     """One plane, row by row: the taps in blocks of up to 3 x 3, each block one pass over the
-    output columns where all its taps see the input, every tap's remaining columns one by one."""
-    h = x.shape[0]
+    output columns where all its taps see the input, every tap's remaining columns one by one.
+    Flat indices into the plane, not row slices: slicing costs more than a short row's work."""
+    h, wd = x.shape
     oh_, ow_ = y.shape
     kh_, kw_ = w.shape
+    xf = x.reshape(h * wd)
+    yf = y.reshape(oh_ * ow_)
     for oh in range(oh_):
-        yr = y[oh]
+        yo = oh * ow_
         for ow in range(ow_):
-            yr[ow] = bias
+            yf[_u(yo + ow)] = bias
         base = oh * sh - ph
         k_lo = 0  # the kernel rows whose input row is real: [k_lo, k_hi)
         while k_lo < kh_ and base + k_lo * dh < 0:
@@ -93,71 +97,73 @@ def _rows(x, w, y, lo, hi, sh, sw, dh, dw, ph, pw, bias):
             k_hi += 1
         for kh0 in range(k_lo, k_hi, 3):
             th = min(3, k_hi - kh0)
-            x0 = x[base + kh0 * dh]
-            x1 = x[base + (kh0 + 1) * dh] if th > 1 else x0
-            x2 = x[base + (kh0 + 2) * dh] if th > 2 else x0
+            o0 = (base + kh0 * dh) * wd  # where the block's input rows start in the plane
+            o1 = (base + (kh0 + 1) * dh) * wd if th > 1 else o0
+            o2 = (base + (kh0 + 2) * dh) * wd if th > 2 else o0
             for k0 in range(0, kw_, 3):
                 tw = min(3, kw_ - k0)
                 clo, chi = lo[k0], hi[k0 + tw - 1]  # lo and hi fall as kw grows
                 if chi <= clo:
                     clo = chi = 0
                 for kh in range(kh0, kh0 + th):
-                    xr = x[base + kh * dh]
+                    xo = (base + kh * dh) * wd
                     for kw in range(k0, k0 + tw):
-                        off = kw * dw - pw  # output column ow reads input column ow * sw + off
+                        off = xo + kw * dw - pw  # output column ow reads xf[off + ow * sw]
                         wv = w[kh, kw]
                         for ow in range(lo[kw], min(hi[kw], clo)):
-                            yr[ow] += wv * xr[ow * sw + off]
+                            yf[_u(yo + ow)] += wv * xf[_u(off + ow * sw)]
                         for ow in range(max(lo[kw], chi), hi[kw]):
-                            yr[ow] += wv * xr[ow * sw + off]
-                if chi > clo:  # a literal stride, once inlined: LLVM vectorises unit and constant strides
+                            yf[_u(yo + ow)] += wv * xf[_u(off + ow * sw)]
+                if chi > clo:  # a literal stride, once inlined: LLVM vectorises unit stride
                     if sw == 1:
-                        _block(yr, x0, x1, x2, w, kh0, k0, th, tw, clo, chi - clo, 1, dw, pw)
-                    else:  # scalar: LLVM's gathers for a constant stride of 2 run slower on AMD Zen
-                        _block(yr, x0, x1, x2, w, kh0, k0, th, tw, clo, chi - clo, sw, dw, pw)
+                        _block(yf, yo, xf, o0, o1, o2, w, kh0, k0, th, tw, clo, chi - clo, 1, dw, pw)
+                    else:  # scalar loads: LLVM's gathers for a constant stride of 2 ran slower on AMD Zen
+                        _block(yf, yo, xf, o0, o1, o2, w, kh0, k0, th, tw, clo, chi - clo, sw, dw, pw)
 
 
 @helper
-def _block(yr, x0, x1, x2, w, kh0, k0, th, tw, clo, cnt, sw, dw, pw):
-    """yr[clo:clo + cnt] += the taps of kernel rows kh0.. (th of them, input rows x0, x1, x2) and
-    columns k0.. (tw of them), every one of which sees the input over these columns. A smaller block
-    than 3 x 3 still loads nine values, of real taps only (a missing row or column repeats the first),
-    and drops the missing ones with a select: never a multiply by zero, which would turn Inf to NaN."""
-    ys = yr[clo:clo + cnt]
+def _block(yf, yo, xf, o0, o1, o2, w, kh0, k0, th, tw, clo, cnt, sw, dw, pw):
+    """Output row yo's columns [clo, clo + cnt) += the taps of kernel rows kh0.. (th of them, input
+    rows at o0, o1, o2) and columns k0.. (tw of them), every one of which sees the input over these
+    columns. A block smaller than 3 x 3 still loads nine values, of real taps only (a missing row or
+    column repeats the first), and drops the missing ones with a select: never a multiply by zero,
+    which would turn Inf into NaN."""
+    y0 = yo + clo
     s0 = clo * sw + k0 * dw - pw
     d1 = dw if tw > 1 else 0
     d2 = 2 * dw if tw > 2 else 0
+    a0_, a1_, a2_ = o0 + s0, o1 + s0, o2 + s0
     w00, w01, w02 = w[kh0, k0], w[kh0, k0 + d1 // dw], w[kh0, k0 + d2 // dw]
     r1, r2 = kh0 + (1 if th > 1 else 0), kh0 + (2 if th > 2 else 0)
     w10, w11, w12 = w[r1, k0], w[r1, k0 + d1 // dw], w[r1, k0 + d2 // dw]
     w20, w21, w22 = w[r2, k0], w[r2, k0 + d1 // dw], w[r2, k0 + d2 // dw]
     if th == 3 and tw == 3:
         for j in range(cnt):
-            q = s0 + sw * j
-            ys[j] += (w00 * x0[_u(q)] + w01 * x0[_u(q + d1)] + w02 * x0[_u(q + d2)]
-                      + w10 * x1[_u(q)] + w11 * x1[_u(q + d1)] + w12 * x1[_u(q + d2)]
-                      + w20 * x2[_u(q)] + w21 * x2[_u(q + d1)] + w22 * x2[_u(q + d2)])
+            q = sw * j
+            yf[_u(y0 + j)] += (w00 * xf[_u(a0_ + q)] + w01 * xf[_u(a0_ + q + d1)] + w02 * xf[_u(a0_ + q + d2)]
+                               + w10 * xf[_u(a1_ + q)] + w11 * xf[_u(a1_ + q + d1)] + w12 * xf[_u(a1_ + q + d2)]
+                               + w20 * xf[_u(a2_ + q)] + w21 * xf[_u(a2_ + q + d1)] + w22 * xf[_u(a2_ + q + d2)])
     else:
         c1, c2, t1, t2 = tw > 1, tw > 2, th > 1, th > 2
         for j in range(cnt):
-            q = s0 + sw * j
-            a0 = w00 * x0[_u(q)]
-            a1 = w10 * x1[_u(q)]
-            a2 = w20 * x2[_u(q)]
-            v = w01 * x0[_u(q + d1)]
-            a0 = a0 + v if c1 else a0
-            v = w02 * x0[_u(q + d2)]
-            a0 = a0 + v if c2 else a0
-            v = w11 * x1[_u(q + d1)]
-            a1 = a1 + v if c1 else a1
-            v = w12 * x1[_u(q + d2)]
-            a1 = a1 + v if c2 else a1
-            v = w21 * x2[_u(q + d1)]
-            a2 = a2 + v if c1 else a2
-            v = w22 * x2[_u(q + d2)]
-            a2 = a2 + v if c2 else a2
-            a0 = a0 + a1 if t1 else a0
-            ys[j] += a0 + a2 if t2 else a0
+            q = sw * j
+            r0v = w00 * xf[_u(a0_ + q)]
+            r1v = w10 * xf[_u(a1_ + q)]
+            r2v = w20 * xf[_u(a2_ + q)]
+            v = w01 * xf[_u(a0_ + q + d1)]
+            r0v = r0v + v if c1 else r0v
+            v = w02 * xf[_u(a0_ + q + d2)]
+            r0v = r0v + v if c2 else r0v
+            v = w11 * xf[_u(a1_ + q + d1)]
+            r1v = r1v + v if c1 else r1v
+            v = w12 * xf[_u(a1_ + q + d2)]
+            r1v = r1v + v if c2 else r1v
+            v = w21 * xf[_u(a2_ + q + d1)]
+            r2v = r2v + v if c1 else r2v
+            v = w22 * xf[_u(a2_ + q + d2)]
+            r2v = r2v + v if c2 else r2v
+            r0v = r0v + r1v if t1 else r0v
+            yf[_u(y0 + j)] += r0v + r2v if t2 else r0v
 
 
 @helper
@@ -230,7 +236,7 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Planes up to this many output pixels take the flat path when they can (its column masks are this size
 # per kernel column); wider ones go row by row, whose per-row work is then small beside the row.
 FLAT_PIXELS = 1 << 14
-# What the flat path cannot take goes tap by tap (_taps), but for strided convolutions with outputs at
+# What the flat path cannot take goes tap by tap (_taps), but strided 3 x 3 convolutions with outputs at
 # least this wide, which go row by row (_rows). Both measured on MobileNet and PP-OCR shapes.
 ROWS_WIDTH = 32
 
@@ -265,7 +271,7 @@ def path(width: int, g) -> str:
     """Which loop runs a plane (the module's docstring): input width, conv.Geometry."""
     if g.strides == (1, 1) and g.out[1] == width and g.out[0] * g.out[1] <= FLAT_PIXELS:
         return "flat"
-    return "rows" if g.strides[1] > 1 and g.out[1] >= ROWS_WIDTH else "taps"
+    return "rows" if g.kernel == (3, 3) and g.strides[1] > 1 and g.out[1] >= ROWS_WIDTH else "taps"
 
 
 def flat_mask(g, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
