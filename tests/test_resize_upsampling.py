@@ -52,3 +52,13 @@ def test_integer_tensors_upsample_too(elem, dtype):
                         {"scales": np.array([1, 1, 2, 2], np.float32)}, opset=13)
     x = np.arange(18, dtype=dtype).reshape(1, 2, 3, 3)
     np.testing.assert_array_equal(run_local(model, {"x": x})[0], x.repeat(2, axis=2).repeat(2, axis=3))
+
+
+def test_a_huge_factor_off_the_image_axes_takes_the_chunked_path():
+    """Found by the fuzz suite: Upsample by 2**28 on a leading axis of a bool tensor made one strided
+    copy per offset, 2**28 Python tuples built at bind time."""
+    node = helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")
+    model = graph_model([node], [("x", TensorProto.BOOL, [1, 2])], [("y", TensorProto.BOOL, [1 << 16, 2])],
+                        {"scales": np.array([1 << 16, 1], np.float32)}, opset=9)
+    x = np.array([[True, False]])
+    np.testing.assert_array_equal(run_local(model, {"x": x})[0], np.repeat(x, 1 << 16, axis=0))

@@ -15,6 +15,7 @@ times it in float64 index and weight arrays.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from ..errors import InvalidArgument, UnsupportedModel
 from . import Node, OpDef, TensorInfo, jit, register
 
 CHUNK_ELEMENTS = 1 << 20  # elements of one gathered (positions x taps x other dims) temporary
+MAX_STRIDED_COPIES = 64  # whole-factor upsampling off the last two axes: one strided copy per offset
 
 
 def _value(info):
@@ -239,6 +241,8 @@ def _integer_upsampling(p: dict, resized: list[tuple[int, int, int, int]], dtype
         h, w = shape[-2] // fh, shape[-1] // fw
         fn = upsample_rows.ensure()
         return lambda i, o: fn(i[0].reshape(-1, h, w), fh, fw, o[0].reshape(-1, h * fh, w * fw))
+    if math.prod(factors.values()) > MAX_STRIDED_COPIES:  # 2**28 copies of one element: the chunked path
+        return None
     out_view = [d for a in range(rank) for d in ((shape[a] // factors[a], factors[a]) if a in factors
                                                    else (shape[a],))]
     indexes = []  # one per combination of offsets within the factors: the input lands there whole
