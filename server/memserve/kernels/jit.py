@@ -144,6 +144,10 @@ class Compiled:
     def _compile(self) -> Any:
         os.environ.setdefault("NUMBA_CACHE_DIR", cache_dir())
         os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+        # OpenMP workers sleep between kernels instead of spinning: a spinning team fights BLAS's threads
+        # and any busy neighbour for the cores (MobileNetV3 at 2 threads: 2-190x onnxruntime spinning,
+        # 1.3x passive, on this 2-core machine).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import numba
         from numba.core import config
 
