@@ -41,28 +41,24 @@ def median_ms(fn, repeat: int) -> float:
     return statistics.median(times) * 1000
 
 
-def dispatch_us(reg, m) -> float:
-    """Microseconds per executed node with the kernels taken out: the engine's own overhead."""
-    from memserve.engine import _call
+def dispatch_us(reg, m, feeds) -> float:
+    """Microseconds per executed node with the kernels taken out: the engine's own overhead (its
+    generated run function, engine._generate, with every kernel a no-op)."""
+    from memserve.engine import _generate
 
     plan = m.plan
-    batch = 1 if plan.max_batch else 0
+    batch = plan.batch_of(feeds)
     with reg.context:
         binding = m.executable.binding(batch, m.workspace)
-    env = binding.template
-    noop = [_call(lambda i, o: None, s.inputs, s.outputs + s.scratch)
+    noop = [("call", lambda i, o: None, s.inputs, s.outputs + s.scratch)
             for s in plan.steps if s.phase == "run" and not s.op.alias]
+    run, _ = _generate(plan, binding.template, noop, binding.io)
+    outs = [np.empty(shape, dtype) for _, dtype, shape, _ in binding.io]
     reps = max(1, 20000 // max(len(noop), 1))
-
-    def run():
-        e = env.copy()
-        for step in noop:
-            step(e)
-
-    run()
+    run(feeds, outs)
     t = time.perf_counter()
     for _ in range(reps):
-        run()
+        run(feeds, outs)
     return (time.perf_counter() - t) / reps / max(len(noop), 1) * 1e6
 
 
@@ -95,7 +91,7 @@ def main() -> None:
         reg = Registry(CpuDevice(8 << 30))
         m = reg.load(data, LoadOptions(name="m", input_shapes=shapes))
         steps = sum(1 for s in m.plan.steps if s.phase == "run" and not s.op.alias)
-        overhead = dispatch_us(reg, m)
+        overhead = dispatch_us(reg, m, feeds)
         for threads in a.threads:
             with threadpool_limits(threads):
                 ours = median_ms(lambda: reg.execute("m", feeds), a.repeat)

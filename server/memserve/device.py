@@ -30,6 +30,13 @@ def align_up(n: int, alignment: int = ALIGNMENT) -> int:
     return (n + alignment - 1) // alignment * alignment
 
 
+def aligned_empty(size: int) -> np.ndarray:
+    """`size` uninitialized host bytes starting at an ALIGNMENT-byte boundary."""
+    raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
+    start = (-raw.__array_interface__["data"][0]) % ALIGNMENT
+    return raw[start : start + size]
+
+
 def current_context() -> Context | None:
     stack = getattr(_local, "contexts", None)
     return stack[-1] if stack else None
@@ -56,13 +63,14 @@ class Context:
 
     def require(self) -> None:
         """Raise unless the calling thread is in this context (I5)."""
-        if current_context() is not self:
+        stack = getattr(_local, "contexts", None)
+        if not stack or stack[-1] is not self:
             raise InternalError(
                 f"device work outside context {self.id} on thread {threading.current_thread().name}"
             )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Buffer:
     """One live allocation: `array` is its bytes, `nbytes` what the device accounts."""
 
@@ -114,7 +122,9 @@ class Device:
 
     def alloc(self, nbytes: int, kind: str) -> Buffer:
         """Allocate `nbytes` (rounded up to the alignment) of `kind` memory."""
-        self.context.require()
+        stack = getattr(_local, "contexts", None)
+        if not stack or stack[-1] is not self.context:
+            self.context.require()
         if kind not in KINDS:
             raise InternalError(f"unknown memory kind {kind!r}")
         size = align_up(max(nbytes, 0))
@@ -140,8 +150,32 @@ class Device:
         self._live[buf_id] = buf  # one dict store is atomic: no lock (every request allocates its outputs)
         return buf
 
+    def retake(self, buf: Buffer) -> None:
+        """Account a freed buffer again, over the storage its owner kept: a binding keeps its small
+        I/O buffer (engine.IO_KEEP) and takes it once per request, accounted exactly as a fresh
+        allocation while it lives, so that a request gets no new host memory for its outputs."""
+        stack = getattr(_local, "contexts", None)
+        if not stack or stack[-1] is not self.context:
+            self.context.require()
+        size, kind = buf.nbytes, buf.kind
+        with self._lock:
+            free = self.capacity - self._total
+            if size > free:
+                raise ResourceExhausted(
+                    f"device {self.name} is out of memory: {kind} needs {size} bytes, "
+                    f"{free} of {self.capacity} are free; unload a model or start memserved "
+                    f"with a larger --device-memory"
+                )
+            if buf.id in self._live:
+                raise InternalError(f"buffer {buf.id} is taken twice")
+            self._used[kind] += size
+            self._total += size
+            self._live[buf.id] = buf
+
     def free(self, buf: Buffer) -> None:
-        self.context.require()
+        stack = getattr(_local, "contexts", None)
+        if not stack or stack[-1] is not self.context:
+            self.context.require()
         if self._live.pop(buf.id, None) is None:  # atomic too: of two racing frees, one finds it
             raise InternalError(f"double free of buffer {buf.id}")
         with self._lock:
@@ -158,9 +192,7 @@ class CpuDevice(Device):
     kind = "cpu"
 
     def _storage(self, size: int) -> np.ndarray:
-        raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
-        start = (-raw.ctypes.data) % ALIGNMENT
-        return raw[start : start + size]
+        return aligned_empty(size)
 
 
 def make_device(kind: str, capacity: int) -> Device:

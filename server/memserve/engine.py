@@ -2,22 +2,26 @@
 
 A `Binding` is the plan made concrete for one batch size on one workspace
 buffer: every weight and work tensor is already a numpy view at its planned
-offset, and every step is a closure over slot indices. Executing a request
-is then: copy the template, drop the inputs and freshly allocated outputs
-into it, call the steps. Bindings are cached on the workspace, per model and
-batch size, and dropped when the workspace's buffer changes: the views are
-built once, not per request, and never outlive the bytes they view.
+offset, and the steps are one generated Python function whose local
+variables are the slots: each step is a direct call of its kernel, so
+dispatching a node costs a fraction of a microsecond. Executing a request is
+then: take one I/O buffer for all the outputs, call that function. Bindings
+are cached on the workspace, per model and batch size, and dropped when the
+workspace's buffer changes: the views are built once, not per request, and
+never outlive the bytes they view. `Binding.steps` keeps the same steps as
+closures over a slot list, the reference the generated function is tested
+against.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from .device import Buffer
+from .device import Buffer, Device, align_up
 from .errors import InvalidArgument, MemserveError, ResourceExhausted
 from .kernels import Kernel, Node, jit
 from .model.plan import INPUT, IO, RUN, VALUE, WEIGHT, WORK, Plan
@@ -25,15 +29,46 @@ from .pool import Workspace
 
 StepFn = Callable[[list], None]
 log = logging.getLogger("memserve.engine")
-Alloc = Callable[[int], Buffer]
 
 
 @dataclass
 class Binding:
     template: list  # one entry per slot, plus a trailing None for omitted inputs
-    steps: list[StepFn]
+    steps: list[StepFn]  # the reference form: one closure per step over `template`'s slots
     io: list[tuple[int, np.dtype, tuple[int, ...], int]]  # (slot, dtype, shape, nbytes) per output root
     nodes: list[Node]  # the node of each step, for error messages
+    run: Callable[[dict, list], list] | None = None  # the steps as one generated function (_generate)
+    lines: dict[int, int] = field(default_factory=dict)  # line of `run`'s source -> step index
+    io_offsets: list[int] = field(default_factory=list)  # of each output root in the one I/O buffer
+    io_size: int = 0  # bytes of that buffer
+    io_buffer: Buffer | None = None  # kept (freed) between requests when small (IO_KEEP)
+    io_views: list[np.ndarray] | None = None  # the outputs' views into io_buffer
+
+    def run_steps(self, arrays: dict[str, np.ndarray], outputs: list[np.ndarray], plan: Plan) -> list[np.ndarray]:
+        """The reference form of `run`: copy the template, fill it, call each step's closure."""
+        env = self.template.copy()
+        for spec in plan.inputs:
+            env[spec.slot] = arrays[spec.name]
+        for (slot, _, _, _), out in zip(self.io, outputs):
+            env[slot] = out
+        for step in self.steps:
+            step(env)
+        return [env[spec.slot] for spec in plan.outputs]
+
+    def step_of(self, tb) -> int | None:
+        """The step a failure came from: the line of the generated function it passed through."""
+        code = self.run.__code__ if self.run is not None else None
+        while tb is not None:
+            if tb.tb_frame.f_code is code:
+                return self.lines.get(tb.tb_lineno)
+            tb = tb.tb_next
+        return None
+
+
+# A binding whose outputs take at most this many bytes keeps their I/O buffer (and the views into it)
+# between requests: the device accounts it while a request runs (Device.retake, then free), but no
+# request allocates host memory or builds views for its outputs. Larger outputs get fresh storage.
+IO_KEEP = 64 << 10
 
 
 def _step_error(node: Node | None, exc: Exception) -> MemserveError:
@@ -57,29 +92,30 @@ class Executable:
         # Compiled now, at load, so that no request waits for a compiler.
         jit.prepare([k for op in {s.op for s in plan.steps} for k in op.compiled])
 
-    def run(self, arrays: dict[str, np.ndarray], batch: int, workspace: Workspace, alloc: Alloc
-            ) -> tuple[list[np.ndarray], list[Buffer]]:
-        """Execute one request on a workspace its lane holds; returns the outputs and their I/O buffers."""
+    def run(self, arrays: dict[str, np.ndarray], batch: int, workspace: Workspace, device: Device
+            ) -> tuple[list[np.ndarray], Buffer]:
+        """Execute one request on a workspace its lane holds (so in the device context); returns the
+        outputs and the one I/O buffer they live in, which the caller frees once it has copied them."""
         b = self.binding(batch, workspace)
-        env = b.template.copy()
-        for spec in self.plan.inputs:
-            env[spec.slot] = arrays[spec.name]
-        buffers = []
-        k = len(b.steps)  # no node is to blame for a failure before the first step
+        buf = b.io_buffer
+        if buf is not None:
+            device.retake(buf)
+            views = b.io_views
+        else:
+            buf = device.alloc(b.io_size, "io")
+            store = buf.array
+            views = [store[o : o + nbytes].view(dtype).reshape(shape)
+                     for o, (_, dtype, shape, nbytes) in zip(b.io_offsets, b.io)]
+            if b.io_size <= IO_KEEP:
+                b.io_buffer, b.io_views = buf, views
         try:
-            for slot, dtype, shape, nbytes in b.io:
-                buf = alloc(nbytes)
-                buffers.append(buf)
-                env[slot] = buf.array[:nbytes].view(dtype).reshape(shape)
-            for k, step in enumerate(b.steps):
-                step(env)
+            return b.run(arrays, views), buf
         except BaseException as exc:
-            for buf in buffers:
-                buf.free()
+            buf.free()
             if isinstance(exc, Exception) and not isinstance(exc, MemserveError):
-                raise _step_error(b.nodes[k] if k < len(b.nodes) else None, exc) from None
+                k = b.step_of(exc.__traceback__)
+                raise _step_error(b.nodes[k] if k is not None else None, exc) from None
             raise
-        return [env[spec.slot] for spec in self.plan.outputs], buffers
 
     def binding(self, batch: int, workspace: Workspace) -> Binding:
         """Called only by the workspace's lane, so the cache needs no lock of its own."""
@@ -106,6 +142,7 @@ class Executable:
                 env[i] = info.value
         steps: list[StepFn] = []
         nodes: list[Node] = []
+        calls: list[tuple] = []  # per step: ("call", fn, ins, outs) or ("alias", src, dst, shape)
         for step in plan.steps:
             if step.phase != RUN:
                 continue
@@ -119,14 +156,71 @@ class Executable:
                 except Exception as exc:  # noqa: BLE001 - the model's content, at this batch size
                     raise _step_error(step.node, exc) from None
                 steps.append(_call(fn, step.inputs, step.outputs + step.scratch))
+                calls.append(("call", fn, step.inputs, step.outputs + step.scratch))
             elif plan.tensors[step.outputs[0]].storage in (INPUT, IO):
-                steps.append(_alias(step.inputs[0], step.outputs[0], infos[step.outputs[0]].shape))
+                shape = infos[step.outputs[0]].shape
+                steps.append(_alias(step.inputs[0], step.outputs[0], shape))
+                calls.append(("alias", step.inputs[0], step.outputs[0], shape))
             else:
                 continue
             nodes.append(step.node)
         io = [(i, infos[i].dtype, infos[i].shape, infos[i].nbytes)
               for i, s in enumerate(plan.tensors) if s.storage == IO and s.root == i]
-        return Binding(env, steps, io, nodes)
+        b = Binding(env, steps, io, nodes)
+        offset = 0
+        for _, _, _, nbytes in io:
+            b.io_offsets.append(offset)
+            offset += align_up(nbytes)
+        b.io_size = offset
+        b.run, b.lines = _generate(plan, env, calls, io)
+        return b
+
+
+def _generate(plan: Plan, env: list, calls: list[tuple], io: list[tuple]) -> tuple[Callable, dict[int, int]]:
+    """The binding's steps as one Python function `run(arrays, outputs) -> graph outputs`.
+
+    Every slot is a local variable (t<slot>): inputs come from the request's dict, output roots from
+    `outputs`, the rest (weights, work views, values) are bound once as the factory's arguments, so
+    a step is one direct call with two short lists, and nothing is copied per request. The source
+    holds only generated identifiers: names and constants from the model are passed as arguments.
+    """
+    consts: dict[str, object] = {}  # factory argument -> value
+    local: set[int] = set()
+    body: list[str] = []
+    for k, spec in enumerate(plan.inputs):
+        consts[f"n{k}"] = spec.name
+        body.append(f"t{spec.slot} = a[n{k}]")
+        local.add(spec.slot)
+    for k, (slot, _, _, _) in enumerate(io):
+        body.append(f"t{slot} = o[{k}]")
+        local.add(slot)
+
+    def ref(i: int) -> str:
+        if i < 0:
+            return "None"
+        if i not in local and f"t{i}" not in consts:
+            consts[f"t{i}"] = env[i]
+        return f"t{i}"
+
+    lines: dict[int, int] = {}
+    first = 3 + len(body)  # `def factory`, `def run`, then the body: lines count from 1
+    for k, call in enumerate(calls):
+        lines[first + k] = k
+        if call[0] == "call":
+            _, fn, ins, outs = call
+            consts[f"k{k}"] = fn
+            body.append(f"k{k}([{', '.join(ref(i) for i in ins)}], [{', '.join(ref(i) for i in outs)}])")
+        else:
+            _, src, dst, shape = call
+            consts[f"s{k}"] = shape
+            body.append(f"t{dst} = {ref(src)}.reshape(s{k})")
+            local.add(dst)
+    body.append(f"return [{', '.join(ref(spec.slot) for spec in plan.outputs)}]")
+    src = "def factory({}):\n    def run(a, o):\n{}\n    return run\n".format(
+        ", ".join(consts), "\n".join("        " + line for line in body))
+    namespace: dict = {}
+    exec(compile(src, f"<memserve plan {id(plan):x}>", "exec"), namespace)  # noqa: S102 - generated identifiers only
+    return namespace["factory"](*consts.values()), lines
 
 
 def _view(block: np.ndarray, offset: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

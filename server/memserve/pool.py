@@ -101,8 +101,8 @@ class Workspace:
         self.bindings: dict = {}  # the engine's views into `buffer`, per (model, batch); cleared with it
         self.executions = 0  # counted by the lane, under `lock`, once it runs one
         self.max_concurrent = 0
-        self._active = 0
-        self._probe = threading.Lock()
+        self.active = 0  # executions running or about to run: the I1 probe, under `probe`
+        self.probe = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -116,13 +116,13 @@ class Workspace:
         """Probe for I1: counts executions that are running or about to run on this buffer. Lanes call it
         before they take `lock`, so two executions scheduled on one workspace show as max_concurrent 2
         even though the lock then makes one wait."""
-        with self._probe:
-            self._active += 1
-            self.max_concurrent = max(self.max_concurrent, self._active)
+        with self.probe:
+            self.active += 1
+            self.max_concurrent = max(self.max_concurrent, self.active)
 
     def exit(self) -> None:
-        with self._probe:
-            self._active -= 1
+        with self.probe:
+            self.active -= 1
 
     def ensure_buffer(self, device: Device) -> Buffer:
         """The buffer, allocated again if a failed resize lost it; the caller holds `lock`."""

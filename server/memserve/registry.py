@@ -6,6 +6,7 @@ shared buffers); executions only take a lane of the model.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -92,7 +93,7 @@ class LoadedModel:
         return self.workspaces[0]
 
 
-@dataclass
+@dataclass(slots=True)
 class OutputTensor:
     name: str
     dtype: np.dtype
@@ -100,7 +101,7 @@ class OutputTensor:
     data: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class ExecuteResult:
     outputs: list[OutputTensor]
     queue_us: int
@@ -281,7 +282,7 @@ class Registry:
         for lane in lanes:
             lane.admit(model_id)
         model = LoadedModel(model_id, name, plan, Executable(plan, weights), joined, lanes, options, shared)
-        model.job = lambda reqs, ws: self._run(model, reqs, ws)
+        model.job = functools.partial(self._run, model)
         return model
 
     def unload(self, ref: ModelRef) -> int:
@@ -369,30 +370,35 @@ class Registry:
         """Validate inputs and queue them on the model's least busy lane. `deadline`: drop the request
         unless it starts by then; `finish_by`: when its caller stops waiting for the answer (both
         time.monotonic())."""
-        self._check_serving()
+        req, lane = self._submit(ref, arrays, deadline, priority, finish_by)
+        return Pending(req, lane)
+
+    def _submit(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None, priority: int,
+                finish_by: float | None) -> tuple[Request, Lane]:
+        if self.draining:
+            self._check_serving()
         model = self.get(ref)
-        batch = model.plan.batch_of(arrays)
-        model.plan.infos_at(batch)  # a batch the plan cannot hold fails here, not on the lane
+        plan = model.plan
+        batch = plan.batch_of(arrays)
+        plan.infos_at(batch)  # a batch the plan cannot hold fails here, not on the lane
         req = Request(model.id, model.job, deadline, priority, payload=arrays, rows=batch, finish_by=finish_by)
-        if model.options.batching is not None:
-            b = model.options.batching
-            req.batch_limit, req.batch_delay = model.plan.max_batch, b.max_queue_delay_us / 1e6
+        b = model.options.batching
+        if b is not None:
+            req.batch_limit, req.batch_delay = plan.max_batch, b.max_queue_delay_us / 1e6
             req.batch_target = max(b.preferred_batch_sizes, default=0)
-        lane = model.lanes[0] if len(model.lanes) == 1 else min(model.lanes, key=Lane.busy)
-        req.future.add_done_callback(lambda f: self._finished(model, req, f.exception() is None))
+        lanes = model.lanes
+        lane = lanes[0] if len(lanes) == 1 else min(lanes, key=Lane.busy)
+        req.future.on_error = functools.partial(_failed, model.stats, req)
         try:
             lane.submit(req)
         except MemserveError:  # refused before it queued (queue full, model unloading)
             model.stats.request_done(req.enqueued, req.enqueued, False, req.rows)
             raise
-        return Pending(req, lane)
-
-    def _finished(self, model: LoadedModel, req: Request, ok: bool) -> None:
-        model.stats.request_done(req.enqueued, req.started or req.enqueued, ok, req.rows)
+        return req, lane
 
     def execute(self, ref: ModelRef, arrays: dict[str, np.ndarray], deadline: float | None = None,
                 priority: int = 0) -> ExecuteResult:
-        return self.submit(ref, arrays, deadline, priority).result()
+        return self._submit(ref, arrays, deadline, priority, None)[0].future.result()
 
     def _run(self, model: LoadedModel, reqs: list[Request], ws: Workspace) -> list[ExecuteResult]:
         """One execution for one request, or for several merged along the batch dimension."""
@@ -401,24 +407,34 @@ class Registry:
         else:
             arrays = {name: np.concatenate([r.payload[name] for r in reqs]) for name in reqs[0].payload}
             rows = sum(r.rows for r in reqs)
-        ws.ensure_buffer(self.device)
-        outs, buffers = model.executable.run(arrays, rows, ws, lambda n: self.device.alloc(n, "io"))
+        if ws.buffer is None:
+            ws.ensure_buffer(self.device)
+        outs, buffer = model.executable.run(arrays, rows, ws, self.device)
         try:
-            results, start = [], 0
-            for r in reqs:
-                rows_of = slice(start, start + r.rows)
-                start += r.rows
-                tensors = [OutputTensor(spec.name, o.dtype, o[rows_of].shape if spec.shape[:1] == (-1,) else o.shape,
-                                        (o[rows_of] if spec.shape[:1] == (-1,) else o).tobytes())
-                           for spec, o in zip(model.plan.outputs, outs)]
-                results.append(tensors)
+            specs = model.plan.outputs
+            if len(reqs) == 1:  # the whole outputs: no row slicing
+                results = [[OutputTensor(spec.name, o.dtype, o.shape, o.tobytes()) for spec, o in zip(specs, outs)]]
+            else:
+                results, start = [], 0
+                for r in reqs:
+                    rows_of = slice(start, start + r.rows)
+                    start += r.rows
+                    tensors = [OutputTensor(spec.name, o.dtype, o[rows_of].shape if spec.shape[:1] == (-1,) else o.shape,
+                                            (o[rows_of] if spec.shape[:1] == (-1,) else o).tobytes())
+                               for spec, o in zip(specs, outs)]
+                    results.append(tensors)
         finally:
-            for buf in buffers:
-                buf.free()
+            buffer.free()
         done = time.perf_counter()
-        model.stats.executed(rows, done - reqs[0].started)
+        # Counted here, as answered, with the execution (one lock); _failed counts the failures.
+        model.stats.served([(r.enqueued, r.started, r.rows) for r in reqs], done)
         return [ExecuteResult(t, int((r.started - r.enqueued) * 1e6), int((done - r.started) * 1e6))
                 for t, r in zip(results, reqs)]
+
+
+def _failed(stats: ModelStats, req: Request, error: BaseException) -> None:
+    """A request that failed is counted here; one that was answered, by its execution (_run)."""
+    stats.request_done(req.enqueued, req.started or req.enqueued, False, req.rows)
 
 
 def _check_batchable(plan: Plan, b: Batching) -> None:

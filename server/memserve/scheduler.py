@@ -26,10 +26,11 @@ as one execution.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,6 +41,88 @@ from .pool import Workspace
 Job = Callable[[list["Request"], Workspace], list[Any]]  # one result per request
 PRIORITIES = 8
 PROBE_INTERVAL = 1.0  # seconds: an idle lane runs a request it expects to be late at most this often
+log = logging.getLogger("memserve.scheduler")
+_settle = threading.Lock()  # guards every Outcome's few fields; held for a handful of instructions
+
+
+class Outcome:
+    """A request's result or error: the part of concurrent.futures.Future that callers use.
+
+    A Future builds a Condition (two locks and a list) when it is made and notifies it when set;
+    most requests run inline on their caller's thread and are done before anyone waits, so this
+    one makes an Event only for a caller that waits on an unfinished request.
+    """
+
+    __slots__ = ("_done", "_value", "_error", "_event", "_callbacks", "on_error")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._event: threading.Event | None = None
+        self._callbacks: list | None = None
+        # Called with the error when the request fails, before the done callbacks: what a caller that
+        # only cares about failures sets (the registry counts them), costing nothing on success.
+        self.on_error: Callable[[BaseException], Any] | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._set(value, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._set(None, error)
+
+    def _set(self, value: Any, error: BaseException | None) -> None:
+        with _settle:
+            if self._done:
+                raise InvalidStateError("the request already has its outcome")
+            self._value, self._error, self._done = value, error, True
+            event, callbacks = self._event, self._callbacks
+        if error is not None and self.on_error is not None:
+            try:
+                self.on_error(error)
+            except Exception:  # noqa: BLE001 - the outcome stands whatever the hook does
+                log.exception("a request's error hook failed")
+        if event is not None:
+            event.set()
+        if callbacks:
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception:  # noqa: BLE001 - as Future does: one bad callback stops no other
+                    log.exception("a request's done callback failed")
+
+    def add_done_callback(self, fn: Callable[[Outcome], Any]) -> None:
+        """Call fn(self) once done: at once, on this thread, if it is done already."""
+        with _settle:
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._done:
+            return
+        with _settle:
+            if not self._done and self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if event is not None and not event.wait(timeout):
+            raise TimeoutError("the request has no outcome yet")
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._error
 
 
 @dataclass(eq=False, slots=True)
@@ -56,7 +139,7 @@ class Request:
     finish_by: float | None = None  # time.monotonic() seconds when its caller stops waiting (gRPC deadline)
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
-    future: Future = field(default_factory=Future)
+    future: Outcome = field(default_factory=Outcome)
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority < PRIORITIES:
@@ -149,7 +232,8 @@ class Lane:
         self.context = context
         self.max_queue = max_queue
         self._queue = LaneQueue()
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()  # what submit and _done take: a plain lock, entered in C
+        self._cond = threading.Condition(self._mutex)  # the same lock, for the waits
         self._running: Request | None = None
         self._models: set[int] = set()  # models that may queue here
         self._retiring = 0  # threads waiting in retire_model for a running request to finish
@@ -167,13 +251,14 @@ class Lane:
         Running inline on the caller's thread saves two thread hand-offs per
         request; it claims the lane exactly as the worker does, so I1 holds.
         """
-        with self._cond:
+        with self._mutex:
             if req.model_id not in self._models:
                 raise FailedPrecondition(f"model {req.model_id} is being unloaded")
             if self._closed:
                 raise Unavailable(f"workspace {self.workspace.name} is closing; retry")
-            inline = not self._queue and self._running is None and req.batch_delay <= 0
-            self._shed_if_late(req)
+            inline = not self._queue._len and self._running is None and req.batch_delay <= 0
+            if req.deadline is not None or req.finish_by is not None:
+                self._shed_if_late(req)
             if inline:
                 self._running = req
             elif len(self._queue) >= self.max_queue:
@@ -292,11 +377,11 @@ class Lane:
         return more
 
     def _done(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._running = None
             # Wake only who has something to do: waking an idle worker after every
             # inline execution costs a thread switch (~15 us) per request.
-            if self._queue or self._retiring:
+            if self._queue._len or self._retiring:
                 self._cond.notify_all()
 
     def _work(self) -> None:
@@ -309,12 +394,16 @@ class Lane:
 
     def _live(self, batch: list[Request]) -> list[Request]:
         """The requests of a batch still worth running; the rest get their error now."""
+        if len(batch) == 1:
+            req = batch[0]
+            if req.deadline is None and req.finish_by is None and not req.future._done:
+                return batch  # nothing to check: the common case, without reading the clock
         now = time.monotonic()
         # Under load (work waits behind this), an execution that would end after its deadline is not started.
-        margin = self.execution_seconds if len(self._queue) else 0.0
+        margin = self.execution_seconds if self._queue._len else 0.0
         live = []
         for req in batch:
-            if req.future.done():  # cancelled by its caller after we dequeued it
+            if req.future._done:  # cancelled by its caller after we dequeued it
                 continue
             late = req.finish_by is not None and now + margin > req.finish_by
             if (req.deadline is not None and now > req.deadline) or late:
@@ -329,7 +418,10 @@ class Lane:
         ws = self.workspace
         # The I1 probe counts before the workspace lock is taken: the lock (which resizes also take)
         # would serialize two lanes on one workspace and hide them; the probe sees them.
-        ws.enter()
+        with ws.probe:  # ws.enter(), inline: this runs once per request
+            active = ws.active = ws.active + 1
+            if active > ws.max_concurrent:
+                ws.max_concurrent = active
         try:
             with ws.lock:
                 # Deadlines are checked once the workspace is ours: a resize may hold it for a while.
@@ -352,7 +444,8 @@ class Lane:
                     self.execution_seconds = took if not self.execution_seconds else \
                         0.8 * self.execution_seconds + 0.2 * took
         finally:
-            ws.exit()
+            with ws.probe:  # ws.exit()
+                ws.active -= 1
         for req, result in zip(live, results):
             req.future.set_result(result)
 

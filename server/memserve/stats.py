@@ -103,6 +103,38 @@ class ModelStats(RequestStats):
                 self.inference_count += rows
                 self.last_inference_ms = int(time.time() * 1000)
 
+    def served(self, requests: list[tuple[float, float, int]], done: float) -> None:
+        """One execution that answered `requests` (submitted, started, rows: perf_counter values; rows
+        0 without a batch dimension) at `done`: what executed() and request_done() for each add up
+        to, under one lock."""
+        total = 0
+        started = requests[0][1]
+        seconds = done - started
+        wall = int(time.time() * 1000)
+        success, queue, compute, hist = self.success, self.queue, self.compute, self.queue_seconds
+        with self._lock:
+            for submitted, begun, rows in requests:
+                rows = rows or 1
+                total += rows
+                success.count += 1
+                success.ns += int((done - submitted) * 1e9)
+                queue.count += 1
+                queue.ns += int((begun - submitted) * 1e9)
+                compute.count += 1
+                compute.ns += int((done - begun) * 1e9)
+                waited = begun - submitted
+                hist.counts[bisect_left(hist.bounds, waited)] += 1  # hist.observe(waited), inline
+                hist.sum += waited
+                self.inference_count += rows
+            self.last_inference_ms = wall
+            self.execution_count += 1
+            batch = self.batches.get(total)
+            if batch is None:
+                batch = self.batches[total] = Duration()
+            batch.add(int(seconds * 1e9))
+            self.compute_seconds.observe(seconds)
+            self.batch_rows.observe(total)
+
     def executed(self, rows: int, seconds: float) -> None:
         rows = rows or 1  # no batch dimension: one inference
         ns = int(seconds * 1e9)

@@ -111,11 +111,14 @@ class Plan:
 
     def batch_of(self, arrays: dict[str, np.ndarray]) -> int:
         """Validate request inputs against the model; return their batch size."""
-        if len(arrays) != len(self.inputs) or not all(s.name in arrays for s in self.inputs):
+        if len(arrays) != len(self.inputs):
             self._mismatch(arrays)
         batch = None
         for spec in self.inputs:
-            batch = _check_input(spec, arrays[spec.name], self.max_batch, batch)
+            a = arrays.get(spec.name)
+            if a is None:
+                self._mismatch(arrays)
+            batch = _check_input(spec, a, self.max_batch, batch)
         return batch or 0
 
     def _mismatch(self, arrays: dict[str, np.ndarray]) -> None:
@@ -132,19 +135,22 @@ class Plan:
 def _check_input(spec: IOSpec, a: np.ndarray, max_batch: int, batch: int | None) -> int | None:
     if a.dtype != spec.dtype:
         raise InputMismatch(f"input {spec.name!r} must be {spec.dtype}, got {a.dtype}")
-    shape_ok = len(a.shape) == len(spec.shape) and all(
-        d == -1 or d == s for d, s in zip(spec.shape, a.shape)
-    )
-    if not shape_ok:
-        raise InputMismatch(f"input {spec.name!r} must have shape {list(spec.shape)} (-1: batch), got {list(a.shape)}")
-    if -1 in spec.shape:
-        n = a.shape[spec.shape.index(-1)]
-        if not 1 <= n <= max_batch:
-            raise InputMismatch(f"input {spec.name!r} has batch {n}; this model was loaded for 1 to {max_batch}")
-        if batch is not None and n != batch:
-            raise InputMismatch(f"inputs disagree on the batch size: {batch} and {n}")
-        return n
-    return batch
+    n = None
+    if len(a.shape) == len(spec.shape):
+        for d, s in zip(spec.shape, a.shape):
+            if d != s:
+                if d != -1:
+                    break
+                n = s  # the batch dimension: dimensions are never -1
+        else:
+            if n is None:
+                return batch
+            if not 1 <= n <= max_batch:
+                raise InputMismatch(f"input {spec.name!r} has batch {n}; this model was loaded for 1 to {max_batch}")
+            if batch is not None and n != batch:
+                raise InputMismatch(f"inputs disagree on the batch size: {batch} and {n}")
+            return n
+    raise InputMismatch(f"input {spec.name!r} must have shape {list(spec.shape)} (-1: batch), got {list(a.shape)}")
 
 
 def infer_all(plan: Plan, input_infos: list[TensorInfo]) -> list[TensorInfo]:
