@@ -50,8 +50,6 @@ class Daemon:
 
             threadpool_limits(config.threads)
         jit.set_threads(config.threads)
-        if config.state_dir:
-            jit.set_cache_dir(os.path.join(config.state_dir, "kernels"))
         self.device = make_device(config.device, config.device_memory)
         self.metrics = Metrics()
         self.registry = Registry(self.device, config.max_queue, self.metrics, config.max_load_memory)

@@ -16,8 +16,8 @@ reads its thread count once, when it is imported, which must come after
 `numba.prange` and inlined numba functions. Uncompiled, both run as Python.
 
 Compiled code is cached on disk by numba (keyed on the source file, its
-timestamp and the CPU): in $MEMSERVE_KERNEL_CACHE, else `<--state-dir>/kernels`
-for a daemon with one, else `~/.cache/memserve/kernels`. A cold compile of a
+timestamp and the CPU): in $MEMSERVE_KERNEL_CACHE, else `~/.cache/memserve/kernels`
+(never in --state-dir, which holds only the daemon's models). A cold compile of a
 parallel kernel takes about a second; loading it from the cache a few tens of
 milliseconds.
 
