@@ -76,6 +76,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from memserve.device import CpuDevice
+    from memserve.kernels import jit
     from memserve.registry import LoadOptions, Registry
     from zoo import SUITE, build
 
@@ -93,6 +94,7 @@ def main() -> None:
         steps = sum(1 for s in m.plan.steps if s.phase == "run" and not s.op.alias)
         overhead = dispatch_us(reg, m, feeds)
         for threads in a.threads:
+            jit.set_threads(threads)  # numba kernels too, not only BLAS
             with threadpool_limits(threads):
                 ours = median_ms(lambda: reg.execute("m", feeds), a.repeat)
             gc.collect()
