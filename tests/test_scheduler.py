@@ -235,3 +235,27 @@ def test_a_deadline_that_passes_while_a_resize_holds_the_workspace_drops_the_req
     with pytest.raises(DeadlineExceeded):
         req.future.result(5)
     assert log == [] and lane.workspace.executions == 0
+
+
+class _EndedCall:
+    """A grpc ServicerContext whose call already ended: add_callback refuses, as grpcio documents."""
+
+    def add_callback(self, callback) -> bool:
+        return False
+
+
+def test_a_request_whose_call_ended_before_it_was_answered_never_runs(lane):
+    """A client may cancel before the servicer registers its cancel callback; grpcio then refuses the
+    callback, and the queued request must be dropped anyway (it once ran for nobody)."""
+    from memserve.api.calls import answer
+    from memserve.registry import Pending
+
+    gate, log = threading.Event(), []
+    t = submit_async(lane, Request(1, blocker(gate, log, "running")), log)
+    queued = Request(1, blocker(gate, log, "abandoned"))
+    lane.submit(queued)
+    with pytest.raises(Cancelled):
+        answer(Pending(queued, lane), _EndedCall())
+    gate.set()
+    t.join(5)
+    assert [name for name, _, _ in log] == ["running"] and lane.depth() == 0

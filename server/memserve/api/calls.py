@@ -41,8 +41,10 @@ def answer(pending: Pending, context: grpc.ServicerContext):
     """The result of a unary call's execution. A request that ran inline (its lane was idle) is done
     already; one still queued is dropped if the call is cancelled, instead of running for nobody."""
     future = pending.request.future
-    if not future.done():
-        context.add_callback(pending.cancel)
+    # add_callback is False when the call has already ended: a client that cancels at once
+    # can do that before we get here, and its request must not run either.
+    if not future.done() and not context.add_callback(pending.cancel):
+        pending.cancel()
     return future.result()
 
 
