@@ -1,4 +1,4 @@
-"""Convolution, transposed convolution and pooling over 1-D, 2-D and 3-D inputs.
+"""Convolution and transposed convolution over 1-D, 2-D and 3-D inputs.
 
 Conv is im2col + GEMM: for each kernel position, the input pixels it sees
 are copied into a column buffer (planned scratch in the workspace), then one
@@ -26,8 +26,7 @@ tiles, so alternating them per tile fought over the cores (a ResNet
 convolution ran 30x slower at 2 threads on 2 cores, measured). The copy is
 a few percent of the GEMM; BLAS takes the threads.
 
-Pooling walks the kernel positions and folds strided slices of the input
-into the output.
+Pooling (pool.py) shares this module's window geometry.
 """
 from __future__ import annotations
 
@@ -468,83 +467,3 @@ def _build_convt(node, ins, outs):
 
 
 register(OpDef("ConvTranspose", _convt_infer, _build_convt, scratch=_convt_scratch))
-
-
-# -- pooling ----------------------------------------------------------------------
-
-def _pool_geometry(node, ins) -> Geometry:
-    x = ins[0]
-    if len(ins) and node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
-        raise UnsupportedModel(f"node {node.name!r} (MaxPool): the Indices output is not supported")
-    if len(x.shape) < 3:
-        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): input must be N x C x spatial, got {x.shape}")
-    g = geometry(node, x.shape[2:], tuple(node.attrs["kernel_shape"]), bool(node.attrs.get("ceil_mode", 0)))
-    # The kernel runs a step per kernel position: a window may reach past the input by no more than the
-    # input's own size, so that a small input cannot ask for 2^40 positions behind 2^40 of padding.
-    if any(b > i or a > i for b, a, i in zip(g.pads_begin, g.pads_end, x.shape[2:])):
-        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): pads {list(g.pads_begin + g.pads_end)} are "
-                              f"larger than the input {list(x.shape[2:])}")
-    return g
-
-
-def _pool_infer(node, ins):
-    g = _pool_geometry(node, ins)
-    return [TensorInfo(ins[0].dtype, ins[0].shape[:2] + g.out)]
-
-
-def _avg_count(g: Geometry, spatial, include_pad: bool) -> np.ndarray:
-    """How many inputs each output averages, as an outer product of per-axis counts."""
-    counts = []
-    for a, size in enumerate(spatial):
-        lo, hi = (-g.pads_begin[a], size + g.pads_end[a]) if include_pad else (0, size)
-        starts = np.arange(g.out[a]) * g.strides[a] - g.pads_begin[a]
-        taps = starts[:, None] + np.arange(g.kernel[a]) * g.dilations[a]
-        counts.append(((taps >= lo) & (taps < hi)).sum(axis=1))
-    total = counts[0]
-    for c in counts[1:]:
-        total = np.multiply.outer(total, c)
-    return total
-
-
-def _build_pool(node, ins, outs):
-    g = _pool_geometry(node, ins)
-    spatial = ins[0].shape[2:]
-    is_max = node.op_type == "MaxPool"
-    plan = [tuple(_window(g, a, q, spatial[a]) for a, q in enumerate(pos)) for pos in _positions(g.kernel)]
-    lead = (slice(None), slice(None))
-    dtype = outs[0].dtype
-    init = (-np.inf if dtype.kind == "f" else np.iinfo(dtype).min) if is_max else 0
-    count = None if is_max else _avg_count(g, spatial, bool(node.attrs.get("count_include_pad", 0))).astype(dtype)
-
-    def run(i, o):
-        x, y = i[0], o[0]
-        y.fill(init)
-        fold = np.maximum if is_max else np.add
-        for windows in plan:
-            dst = lead + tuple(w[0] for w in windows)
-            fold(y[dst], x[lead + tuple(w[1] for w in windows)], out=y[dst])
-        if count is not None:
-            y /= count
-
-    return run
-
-
-def _global_infer(node, ins):
-    x = ins[0]
-    return [TensorInfo(x.dtype, x.shape[:2] + (1,) * (len(x.shape) - 2))]
-
-
-def _build_global(node, ins, outs):
-    axes = tuple(range(2, len(ins[0].shape)))
-    fn = np.mean if node.op_type == "GlobalAveragePool" else np.max
-
-    def run(i, o):
-        fn(i[0], axis=axes, keepdims=True, out=o[0])
-
-    return run
-
-
-register(OpDef("MaxPool", _pool_infer, _build_pool))
-register(OpDef("AveragePool", _pool_infer, _build_pool))
-register(OpDef("GlobalAveragePool", _global_infer, _build_global))
-register(OpDef("GlobalMaxPool", _global_infer, _build_global))
