@@ -120,27 +120,32 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     import onnxruntime as ort
-    from threadpoolctl import threadpool_limits
 
     from memserve.device import CpuDevice
+    from memserve import hostmem
+    from memserve.kernels import parallel
     from memserve.registry import LoadOptions, Registry
+
+    hostmem.keep_tensor_memory()  # the allocator settings memserved runs with
 
     for line in machine():
         print("# " + line)
     print(f"# onnxruntime {ort.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}", flush=True)
 
-    reg = Registry(CpuDevice(8 << 30))
+    regs = {}  # threads -> a registry whose models were planned for that many kernel threads
     runs: dict[tuple[str, str, int], object] = {}  # (model, engine, threads) -> call
     for name, make in models().items():
         if a.filter not in name:
             continue
         data, feeds = make()
-        reg.load(data, LoadOptions(name=name, input_shapes={k: v.shape for k, v in feeds.items()}))
         for threads in a.threads:
+            parallel.set_threads(threads)  # as memserved --threads: before the load, which plans per thread
+            reg = regs.setdefault(threads, Registry(CpuDevice(8 << 30)))
+            reg.load(data, LoadOptions(name=name, input_shapes={k: v.shape for k, v in feeds.items()}))
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-            runs[name, "memserve", threads] = lambda name=name, feeds=feeds: reg.execute(name, feeds)
+            runs[name, "memserve", threads] = lambda name=name, feeds=feeds, reg=reg: reg.execute(name, feeds)
             runs[name, "onnxruntime", threads] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
 
     results: dict[tuple[str, str, int, int], tuple[float, int]] = {}
@@ -151,15 +156,17 @@ def main() -> None:
             for key, fn in runs.items():
                 # memserve's BLAS limit for its runs; 0 (None) leaves OpenBLAS as it started
                 c0, all0, ours0 = time.perf_counter(), _busy_jiffies(), competing.jiffies()
-                with threadpool_limits(key[2] or None if key[1] == "memserve" else None):
-                    results[(*key, busy)] = timed(fn, a.repeat, a.budget)
+                if key[1] == "memserve":
+                    parallel.set_threads(key[2])
+                results[(*key, busy)] = timed(fn, a.repeat, a.budget)
                 elsewhere[(*key, busy)] = ((_busy_jiffies() - all0) - (competing.jiffies() - ours0)) \
                     / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - c0)
                 print(f"#   {key[0]} {key[1]} threads {key[2]} busy {busy}: "
                       f"{results[(*key, busy)][0]:.1f} ms", file=sys.stderr, flush=True)
         finally:
             competing.stop()
-    reg.close()
+    for reg in regs.values():
+        reg.close()
 
     print(f"{'model':<20} {'engine':<12} {'thr':>3} " +
           " ".join(f"{f'busy {b} ms':>11} {'n':>3} {'x idle':>6} {'other':>5}" for b in a.busy))

@@ -76,29 +76,30 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     import onnxruntime as ort
-    from threadpoolctl import threadpool_limits
 
     from memserve.device import CpuDevice
-    from memserve.kernels import jit
+    from memserve import hostmem
+    from memserve.kernels import parallel
     from memserve.registry import LoadOptions, Registry
+
+    hostmem.keep_tensor_memory()  # the allocator settings memserved runs with
 
     print(f"{'layer':<26} {'thr':>3} {'memserve ms':>11} {'ort ms':>8} {'ratio':>6} {'GFLOP/s':>8} {'ort GFLOP/s':>11}")
     for name, x_shape, spec in LAYERS:
         model, flops = conv_model(x_shape, spec)
         x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
-        reg = Registry(CpuDevice(1 << 30))
-        reg.load(model, LoadOptions(name="m"))
         for threads in a.threads:
-            jit.set_threads(threads)
-            with threadpool_limits(threads):
-                ours = median_s(lambda: reg.execute("m", {"x": x}), a.repeat)
+            parallel.set_threads(threads)  # as memserved --threads, before the load (columns are planned per thread)
+            reg = Registry(CpuDevice(1 << 30))
+            reg.load(model, LoadOptions(name="m"))
+            ours = median_s(lambda: reg.execute("m", {"x": x}), a.repeat)
+            reg.close()
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
             theirs = median_s(lambda: sess.run(None, {"x": x}), a.repeat)
             print(f"{name:<26} {threads:>3} {ours * 1e3:>11.3f} {theirs * 1e3:>8.3f} {ours / theirs:>6.2f} "
                   f"{flops / ours / 1e9:>8.1f} {flops / theirs / 1e9:>11.1f}", flush=True)
-        reg.close()
 
 
 if __name__ == "__main__":

@@ -73,11 +73,12 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     import onnxruntime as ort
-    from threadpoolctl import threadpool_limits
-
     from memserve.device import CpuDevice
-    from memserve.kernels import jit
+    from memserve import hostmem
+    from memserve.kernels import parallel
     from memserve.registry import LoadOptions, Registry
+
+    hostmem.keep_tensor_memory()  # the allocator settings memserved runs with
     from zoo import SUITE, build
 
     print(f"{'model':<28} {'thr':>3} {'memserve ms':>11} {'ort ms':>8} {'ratio':>6} "
@@ -89,14 +90,17 @@ def main() -> None:
         if a.batch:
             feeds = {k: np.repeat(v, a.batch, axis=0) if v.shape[0] == 1 else v for k, v in feeds.items()}
         shapes = {k: v.shape for k, v in feeds.items()}
-        reg = Registry(CpuDevice(8 << 30))
-        m = reg.load(data, LoadOptions(name="m", input_shapes=shapes))
-        steps = sum(1 for s in m.plan.steps if s.phase == "run" and not s.op.alias)
-        overhead = dispatch_us(reg, m, feeds)
         for threads in a.threads:
-            jit.set_threads(threads)  # numba kernels too, not only BLAS
-            with threadpool_limits(threads):
-                ours = median_ms(lambda: reg.execute("m", feeds), a.repeat)
+            # As memserved --threads does: BLAS at one thread, the kernel team and numba at `threads`.
+            # Set before the load: a convolution's column buffer is planned per thread.
+            parallel.set_threads(threads)
+            reg = Registry(CpuDevice(8 << 30))
+            m = reg.load(data, LoadOptions(name="m", input_shapes=shapes))
+            steps = sum(1 for s in m.plan.steps if s.phase == "run" and not s.op.alias)
+            overhead = dispatch_us(reg, m, feeds)
+            ours = median_ms(lambda: reg.execute("m", feeds), a.repeat)
+            work, lower = m.plan.work_size, m.plan.work_lower_bound
+            reg.close()
             gc.collect()
             before = rss()
             opts = ort.SessionOptions()
@@ -106,9 +110,8 @@ def main() -> None:
             grown = rss() - before
             theirs = median_ms(lambda: sess.run(None, feeds), a.repeat)
             print(f"{name:<28} {threads:>3} {ours:>11.3f} {theirs:>8.3f} {ours / theirs:>6.2f} "
-                  f"{m.plan.work_size:>11} {m.plan.work_lower_bound:>11} {grown:>11} {steps:>7} {overhead:>7.2f}",
-                  flush=True)
-        reg.close()
+                  f"{work:>11} {lower:>11} {grown:>11} {steps:>7} {overhead:>7.2f}", flush=True)
+    parallel.set_threads(1)
 
 
 if __name__ == "__main__":

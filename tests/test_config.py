@@ -35,7 +35,7 @@ def test_bad_settings_are_refused(tmp_path, capsys):
 def test_threads_default_to_one_and_negative_counts_are_refused(capsys):
     assert (Config().threads, from_args([], {}).threads) == (1, 1)
     assert from_args(["--threads", "0"], {}).threads == 0
-    for bad in (["--threads", "-1"], ["--threads", "all"]):
+    for bad in (["--threads", "-1"], ["--threads", "all"], ["--threads", "257"]):
         with pytest.raises(SystemExit):
             from_args(bad, {})
         assert "not a thread count" in capsys.readouterr().err

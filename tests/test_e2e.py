@@ -198,25 +198,27 @@ def test_threads_flag_limits_blas_threads():
     assert out.stdout.strip() == "[1]", out.stderr
 
 
-def test_default_daemon_runs_blas_single_threaded_and_threads_0_keeps_the_library_default():
-    """Default --threads is 1 (a busy neighbour makes all-core BLAS calls collapse, bench/busy.py);
-    --threads 0 leaves the BLAS library as it started."""
+def test_blas_stays_single_threaded_and_threads_sizes_the_kernel_team():
+    """BLAS always runs on one thread (all-core BLAS calls collapse next to a busy neighbour,
+    bench/busy.py); --threads N gives the kernel team N - 1 helpers, --threads 0 one per usable core."""
     import json
     import os
     import subprocess
     import sys
 
-    code = ("import json, sys; from threadpoolctl import threadpool_info; "
-            "blas = lambda: sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}); "
-            "from memserve.config import from_args; from memserve.server import Daemon; before = blas(); "
-            "Daemon(from_args(['--port', '0', *sys.argv[1:]])); print(json.dumps([before, blas()]))")
+    code = ("import json, sys, threading; from threadpoolctl import threadpool_info; "
+            "from memserve.config import from_args; from memserve.server import Daemon; "
+            "Daemon(from_args(['--port', '0', *sys.argv[1:]])); "
+            "blas = sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}); "
+            "helpers = [t for t in threading.enumerate() if t.name.startswith('kernel-helper')]; "
+            "print(json.dumps([blas, len(helpers)]))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSERVE_")}
 
-    def blas_threads(*args: str) -> tuple[list[int], list[int]]:
+    def threads(*args: str) -> tuple[list[int], int]:
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=env)
         assert out.returncode == 0, out.stderr
         return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
-    assert blas_threads()[1] == [1]
-    before, after = blas_threads("--threads", "0")
-    assert before and after == before
+    assert threads() == ([1], 0)
+    assert threads("--threads", "3") == ([1], 2)
+    assert threads("--threads", "0") == ([1], len(os.sched_getaffinity(0)) - 1)

@@ -25,14 +25,17 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+MAX_THREADS = 256
+
+
 def _threads(text: str) -> int:
-    """--threads: a count of BLAS threads, 0 for the library's default."""
+    """--threads: kernel threads per call, 0 for every core this process may use."""
     try:
         n = int(text)
     except ValueError:
         n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count (0 for the BLAS default, or 1 and up)")
+    if not 0 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count (0 for every core, or 1 to {MAX_THREADS})")
     return n
 
 
@@ -108,10 +111,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers,
                    help="gRPC handler threads, and HTTP requests in flight at once (default %(default)s)")
     p.add_argument("--threads", type=_threads, default=d.threads,
-                   help="threads each kernel call may use (BLAS and compiled kernels) (default %(default)s: models run side by side "
-                        "on their lanes, and with all cores per call one other busy process made conv-heavy "
-                        "models several times slower, see docs/performance.md); 0 keeps the BLAS library's "
-                        "default of all cores, fastest for one large model on an otherwise idle machine")
+                   help="threads one kernel call may use (default %(default)s; 0: every core): large convolutions "
+                        "split over one team of helper threads that all models share, compiled kernels use as "
+                        "many, BLAS always one; models on different workspaces also run side by side on their "
+                        "lanes (see docs/performance.md)")
     p.add_argument("--model-repository", default="", metavar="DIR",
                    help="Triton-style model repository (DIR/<name>/<version>/model.onnx and config.pbtxt): "
                         "every model in it is loaded at start, and RepositoryModelLoad (re)loads by name")

@@ -29,7 +29,7 @@ from . import hostmem
 from .config import Config
 from .device import make_device
 from .errors import InvalidArgument, MemserveError
-from .kernels import jit
+from .kernels import parallel
 from .metrics import Metrics
 from .registry import Registry
 from .repository import ModelRepository
@@ -45,11 +45,7 @@ class Daemon:
 
     def __init__(self, config: Config):
         self.config = config
-        if config.threads > 0:  # default 1 (see config.py); 0 leaves the BLAS library's own default
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(config.threads)
-        jit.set_threads(config.threads)
+        parallel.set_threads(config.threads)  # BLAS at one thread, numba's and the kernel team at --threads
         self.device = make_device(config.device, config.device_memory)
         self.metrics = Metrics()
         self.registry = Registry(self.device, config.max_queue, self.metrics, config.max_load_memory)

@@ -20,11 +20,13 @@ the node (model/fuse.py), a residual (4th input) and an activation
 The Conv declares no in-place input, so its output never shares the
 residual's bytes: the GEMM writes the output before the residual is read.
 
-Both compiled kernels run on the calling thread: the GEMM's BLAS threads
-spin-wait between calls, and numba's OpenMP threads did the same between
-tiles, so alternating them per tile fought over the cores (a ResNet
-convolution ran 30x slower at 2 threads on 2 cores, measured). The copy is
-a few percent of the GEMM; BLAS takes the threads.
+Threads: BLAS runs single-threaded and a convolution with enough work splits
+itself over the kernel threads (parallel.py): each tile (im2col, GEMM,
+epilogue) is one task, and the planned column buffer holds one tile per
+thread (its scratch is (slots, tile...), with the tile budget divided among
+the slots, so work memory does not grow with --threads); a 1x1 convolution
+splits its output channels. The compiled kernels themselves are serial (an
+OpenMP team inside each tile would fight the team for the cores).
 
 Pooling (pool.py) shares this module's window geometry.
 """
@@ -37,12 +39,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, depthwise, jit, register
+from . import Node, OpDef, TensorInfo, depthwise, jit, parallel, register
 from .jit import prange
 
 
-# The im2col buffer of one tile: whole samples, or rows of one sample, up to this size.
+# The im2col buffers of the tiles that run at once: whole samples, or rows of one sample, up to this size.
 TILE_BYTES = 1 << 20
+# A convolution with at least this many multiply-adds (~0.2 ms at one thread) splits its tiles over
+# the kernel threads; a smaller one runs on its caller alone.
+PARALLEL_MACS = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -139,13 +144,29 @@ def _conv_infer(node, ins):
     return [TensorInfo(x.dtype, (x.shape[0], w.shape[0]) + g.out)]
 
 
-def _tile(x: TensorInfo, g: Geometry) -> tuple[int, int]:
-    """(samples, output rows) per im2col tile: whole samples while they fit TILE_BYTES, else rows of one."""
+def _parts(x: TensorInfo, w: TensorInfo, g: Geometry) -> int:
+    """How many im2col tiles of one convolution may run at once: the kernel threads (parallel.py) for
+    a convolution with enough multiply-adds to pay for the hand-off, else 1."""
+    macs = x.shape[0] * w.shape[0] * int(np.prod(w.shape[1:])) * int(np.prod(g.out))
+    return parallel.threads() if macs >= PARALLEL_MACS else 1
+
+
+def _tile(x: TensorInfo, g: Geometry, parts: int) -> tuple[int, int]:
+    """(samples, output rows) per im2col tile: whole samples while they fit TILE_BYTES / parts, else rows
+    of one; split further so that there are at least `parts` tiles when the output has the rows."""
+    budget = TILE_BYTES // parts
     per_row = x.shape[1] * int(np.prod(g.kernel)) * int(np.prod(g.out[1:])) * x.dtype.itemsize
     per_sample = per_row * g.out[0]
-    if per_sample <= TILE_BYTES:
-        return max(1, min(x.shape[0], TILE_BYTES // max(per_sample, 1))), g.out[0]
-    return 1, max(1, min(g.out[0], TILE_BYTES // max(per_row, 1)))
+    if per_sample <= budget:
+        samples, rows = max(1, min(x.shape[0], budget // max(per_sample, 1))), g.out[0]
+    else:
+        samples, rows = 1, max(1, min(g.out[0], budget // max(per_row, 1)))
+    if parts > 1 and samples == 1:  # tiles of rows: as many as a multiple of parts, of even height
+        count = -(-g.out[0] // rows)
+        rows = max(1, -(-g.out[0] // (-(-count // parts) * parts)))
+    elif -(-x.shape[0] // samples) < parts:
+        samples = -(-x.shape[0] // parts)
+    return samples, rows
 
 
 def _conv_scratch(node, ins, outs):
@@ -154,8 +175,10 @@ def _conv_scratch(node, ins, outs):
         return []  # the depthwise kernel reads the input in place
     if _pointwise(g):
         return []
-    samples, rows = _tile(x, g)
-    return [TensorInfo(x.dtype, (samples, x.shape[1]) + g.kernel + (rows,) + g.out[1:])]
+    parts = _parts(x, w, g)
+    samples, rows = _tile(x, g, parts)
+    # One tile's columns per slot: tiles that run at once never share a buffer.
+    return [TensorInfo(x.dtype, (parts, samples, x.shape[1]) + g.kernel + (rows,) + g.out[1:])]
 
 
 def _rows(g: Geometry, pos: int, size: int, r0: int, r1: int) -> tuple[slice, slice]:
@@ -311,46 +334,51 @@ def _build_conv(node, ins, outs):
     row = int(np.prod(g.out[1:]))
     finish = _finisher(node, ins, outs, bias_done=False)
     if _pointwise(g):
+        parts = _parts(x, w, g)
+        mg = m // groups
+        # Split over output channels: each task one block of the weights' rows, one contiguous output block.
+        blocks = [(b0, min(b0 + mg // (2 * parts), mg)) for b0 in range(0, mg, max(1, mg // (2 * parts)))] \
+            if parts > 1 and mg >= 32 * parts else [(0, mg)]
+
         def run(i, o):
             y = o[0]
-            np.matmul(i[1].reshape(groups, m // groups, -1), i[0].reshape(n, groups, c // groups, p),
-                      out=y.reshape(n, groups, m // groups, p))
+            wv = i[1].reshape(groups, mg, -1)
+            xv = i[0].reshape(n, groups, c // groups, p)
+            yv = y.reshape(n, groups, mg, p)
+
+            def block(t: int, slot: int) -> None:
+                m0, m1 = blocks[t]
+                np.matmul(wv[:, m0:m1], xv, out=yv[:, :, m0:m1])
+
+            parallel.run(len(blocks), block, parts)
             if finish:
                 finish(i, y, 0, n, 0, g.out[0])
 
         run.fused = True
         return run
 
-    samples, rows = _tile(x, g)
-    size0 = x.shape[2]
-    inner = [tuple(_window(g, a, q, x.shape[2 + a]) for a, q in enumerate(pos[1:], start=1))
-             for pos in _positions(g.kernel)]
-    tiles = []  # (first sample, last sample, first row, last row, [(kernel pos, dst, src)])
-    for n0 in range(0, n, samples):
-        for r0 in range(0, g.out[0], rows):
-            r1 = min(r0 + rows, g.out[0])
-            copies, full = [], True
-            for pos, win in zip(_positions(g.kernel), inner):
-                d0, s0 = _rows(g, pos[0], size0, r0, r1)
-                dst = pos + (d0,) + tuple(wd[0] for wd in win)
-                src = (s0,) + tuple(wd[1] for wd in win)
-                full &= d0 == slice(0, r1 - r0) and all(wd[0] == slice(0, o) for wd, o in zip(win, g.out[1:]))
-                copies.append((dst, src))
-            tiles.append((n0, min(n0 + samples, n), r0, r1, copies, not full))
     wg = (groups, m // groups, (c // groups) * k)
     # 2-D float32/float64: the compiled im2col packs a tile in one pass, padding included.
     im2col = _im2col2d.ensure() if len(g.out) == 2 and x.dtype in _KERNEL_DTYPES else None
     geo = (g.out[1],) + g.kernel + g.strides + g.dilations + g.pads_begin if im2col else ()
+    layouts: dict[tuple, list] = {}  # scratch shape -> its tiles (one entry unless --threads changed)
 
     def run(i, o):
-        xv, y, buf = i[0], o[0], o[1]
+        xv, y, scratch = i[0], o[0], o[1]
+        tiles = layouts.get(scratch.shape)
+        if tiles is None:  # the scratch is (slots, samples, c, kernel..., rows, ...), as _conv_scratch planned
+            tiles = layouts[scratch.shape] = _conv_tiles(g, x.shape, scratch.shape[1], scratch.shape[3 + len(g.kernel)])
+        buf, slot_size = scratch.reshape(-1), scratch[0].size
         wv = i[1].reshape(wg)
         yv = y.reshape(n, groups, m // groups, p)
         packed = im2col is not None and xv.flags.c_contiguous
-        for n0, n1, r0, r1, copies, pad in tiles:
+
+        def tile(t: int, slot: int) -> None:
+            n0, n1, r0, r1, copies, pad = tiles[t]
             positions = (r1 - r0) * row
             shape = (n1 - n0, c) + g.kernel + (r1 - r0,) + g.out[1:]
-            cols = buf.reshape(-1)[: int(np.prod(shape))].reshape(shape)  # contiguous, even for a last short tile
+            # The slot's columns, contiguous even for a last short tile.
+            cols = buf[slot * slot_size: slot * slot_size + int(np.prod(shape))].reshape(shape)
             if packed:
                 im2col(xv, cols.reshape(n1 - n0, c * k, positions), n0, r0, r1, *geo)
             else:
@@ -363,8 +391,31 @@ def _build_conv(node, ins, outs):
             if finish:  # bias, residual, activation while the tile's output is in cache
                 finish(i, y, n0, n1, r0, r1)
 
+        parallel.run(len(tiles), tile, scratch.shape[0])
+
     run.fused = True
     return run
+
+
+def _conv_tiles(g: Geometry, x_shape: tuple[int, ...], samples: int, rows: int) -> list[tuple]:
+    """Per tile: (first sample, end sample, first row, end row, [(kernel pos, dst, src)], whether it has
+    padding), for the numpy copy path; the compiled im2col needs only the bounds."""
+    n, size0 = x_shape[0], x_shape[2]
+    inner = [tuple(_window(g, a, q, x_shape[2 + a]) for a, q in enumerate(pos[1:], start=1))
+             for pos in _positions(g.kernel)]
+    tiles = []
+    for n0 in range(0, n, samples):
+        for r0 in range(0, g.out[0], rows):
+            r1 = min(r0 + rows, g.out[0])
+            copies, full = [], True
+            for pos, win in zip(_positions(g.kernel), inner):
+                d0, s0 = _rows(g, pos[0], size0, r0, r1)
+                dst = pos + (d0,) + tuple(wd[0] for wd in win)
+                src = (s0,) + tuple(wd[1] for wd in win)
+                full &= d0 == slice(0, r1 - r0) and all(wd[0] == slice(0, o) for wd, o in zip(win, g.out[1:]))
+                copies.append((dst, src))
+            tiles.append((n0, min(n0 + samples, n), r0, r1, copies, not full))
+    return tiles
 
 
 def _build_fused_conv(node, ins, outs):
