@@ -122,7 +122,7 @@ def test_the_column_buffer_holds_one_tile_per_thread_within_the_same_budget():
     assert two.work_size <= one.work_size + conv.TILE_BYTES // 8  # not twice the columns
 
 
-def test_small_convolutions_stay_on_their_caller(two_threads):
-    model = _conv((1, 16, 16, 16), 32, 3, pads=[1, 1, 1, 1])  # 1.2 M multiply-adds
+def test_convolutions_whose_tiles_are_small_stay_on_their_caller(two_threads):
+    model = _conv((1, 96, 80, 80), 24, 3, pads=[1, 1, 1, 1])  # 1.3 M multiply-adds per output row
     plan = compile_model(model, CompileOptions())
     assert [plan.tensors[t].info.shape[0] for s in plan.steps for t in s.scratch] == [1]

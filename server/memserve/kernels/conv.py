@@ -45,9 +45,11 @@ from .jit import prange
 
 # The im2col buffers of the tiles that run at once: whole samples, or rows of one sample, up to this size.
 TILE_BYTES = 1 << 20
-# A convolution with at least this many multiply-adds (~0.2 ms at one thread) splits its tiles over
-# the kernel threads; a smaller one runs on its caller alone.
-PARALLEL_MACS = 8 << 20
+# A convolution splits over the kernel threads only when each task (a tile, or a block of a 1x1's output
+# channels) has at least this many multiply-adds (~40 us at one thread): smaller tasks spent more on
+# hand-offs and the GIL between them than they gained (PP-OCR det's 96 -> 24 convolutions, one output
+# row per tile, ran 1.5x slower on two threads).
+TASK_MACS = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,16 @@ def _conv_infer(node, ins):
 
 
 def _parts(x: TensorInfo, w: TensorInfo, g: Geometry) -> int:
-    """How many im2col tiles of one convolution may run at once: the kernel threads (parallel.py) for
-    a convolution with enough multiply-adds to pay for the hand-off, else 1."""
-    macs = x.shape[0] * w.shape[0] * int(np.prod(w.shape[1:])) * int(np.prod(g.out))
-    return parallel.threads() if macs >= PARALLEL_MACS else 1
+    """How many im2col tiles of one convolution may run at once: the kernel threads (parallel.py) when
+    each tile then has enough multiply-adds to pay for its hand-off, else 1."""
+    parts = parallel.threads()
+    if parts < 2:
+        return 1
+    samples, rows = (x.shape[0], 1) if _pointwise(g) else _tile(x, g, parts)
+    per_position = w.shape[0] * int(np.prod(w.shape[1:]))
+    if _pointwise(g):  # tasks are blocks of output channels over every position
+        return parts if per_position * x.shape[0] * int(np.prod(g.out)) // (2 * parts) >= TASK_MACS else 1
+    return parts if samples * rows * int(np.prod(g.out[1:])) * per_position >= TASK_MACS else 1
 
 
 def _tile(x: TensorInfo, g: Geometry, parts: int) -> tuple[int, int]:
@@ -337,8 +345,9 @@ def _build_conv(node, ins, outs):
         parts = _parts(x, w, g)
         mg = m // groups
         # Split over output channels: each task one block of the weights' rows, one contiguous output block.
-        blocks = [(b0, min(b0 + mg // (2 * parts), mg)) for b0 in range(0, mg, max(1, mg // (2 * parts)))] \
-            if parts > 1 and mg >= 32 * parts else [(0, mg)]
+        step = -(-mg // (2 * parts))
+        blocks = [(b0, min(b0 + step, mg)) for b0 in range(0, mg, step)] if parts > 1 and mg >= 32 * parts \
+            else [(0, mg)]
 
         def run(i, o):
             y = o[0]
