@@ -15,17 +15,15 @@ def slots(plan):
 
 
 def test_example_mlp_plan_has_hand_checked_offsets():
-    # 64-128-128-10 at batch 1: activations are 512 bytes. Each Relu writes
-    # over the Gemm output it reads (which dies there), so a0 lives in h0's
-    # bytes and a1 in h1's. h0 (steps 0-2) and h1 (steps 2-4) overlap at step
-    # 2 and take offsets 0 and 512; h2 (steps 4-5) fits under h1 at 0, and the
-    # softmax's 64-byte reduction, live at step 5 with h2, goes right above it.
+    # 64-128-128-10 at batch 1: activations are 512 bytes. Each Gemm -> Relu is one Dense step (the Relu's
+    # output is the Dense's), so a0 lives at steps 0-1 and a1 at steps 1-2: they overlap at step 1 and
+    # take offsets 0 and 512; h2 (steps 2-3) fits under a1 at 0, and the softmax's 64-byte reduction,
+    # live at step 3 with h2, goes right above it.
     plan = compile_model(mlp_bytes())
     s = slots(plan)
-    index = {n: plan.tensors.index(s[n]) for n in ("h0", "h1")}
-    assert (s["a0"].root, s["a1"].root) == (index["h0"], index["h1"])
-    assert {n: s[n].offset for n in ("h0", "h1", "h2", "softmax:scratch0")} == {
-        "h0": 0, "h1": 512, "h2": 0, "softmax:scratch0": 64}
+    assert [st.node.op_type for st in plan.steps] == ["Dense", "Dense", "Dense", "Softmax"]
+    assert {n: s[n].offset for n in ("a0", "a1", "h2", "softmax:scratch0")} == {
+        "a0": 0, "a1": 512, "h2": 0, "softmax:scratch0": 64}
     assert (plan.work_size, plan.work_lower_bound) == (1024, 1024)
     # Weights: each at the next 64-byte boundary, in first-use order.
     assert [s[n].offset for n in ("W0", "b0", "W1", "b1", "W2", "b2")] == [0, 32768, 33280, 98816, 99328, 104448]
@@ -207,7 +205,8 @@ def test_elementwise_steps_write_over_inputs_that_die():
              helper.make_node("Sigmoid", ["r"], ["s"]), helper.make_node("MatMul", ["x", "w"], ["m2"]),
              helper.make_node("Add", ["s", "m2"], ["a"]), helper.make_node("Tanh", ["a"], ["y"])]
     w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
-    model = graph_model(nodes, [("x", F32, [4, 8])], [("y", F32, [4, 8])], {"w": w})
+    # w is an input, not a weight: MatMul -> Relu by a constant would be one Dense step (test_dense.py).
+    model = graph_model(nodes, [("x", F32, [4, 8]), ("w", F32, [8, 8])], [("y", F32, [4, 8])])
     plan = compile_model(model)
     s = slots(plan)
     m = plan.tensors.index(s["m"])
@@ -216,7 +215,7 @@ def test_elementwise_steps_write_over_inputs_that_die():
     assert plan.work_size == 256  # two 128-byte tensors live at once, never more
     x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
     want = np.tanh(1 / (1 + np.exp(-np.maximum(x @ w, 0))) + x @ w)
-    np.testing.assert_allclose(run_local(model, {"x": x})[0], want, rtol=1e-5)
+    np.testing.assert_allclose(run_local(model, {"x": x, "w": w})[0], want, rtol=1e-5)
 
 
 def test_an_input_still_needed_later_is_not_overwritten():

@@ -1,4 +1,4 @@
-"""Plan-time fusions: Conv+BatchNorm folding, Conv epilogues, decomposed LayerNorm and Gelu recognised."""
+"""Plan-time fusions: Conv+BatchNorm folding, Conv epilogues, decomposed LayerNorm and Gelu recognised (Dense: test_dense.py)."""
 import io
 import warnings
 
@@ -62,7 +62,7 @@ def test_torch_layernorm_and_gelu_below_opset_17_become_single_steps():
         torch.onnx.export(Block().eval(), (torch.randn(2, 5, 32),), buf, dynamo=False, opset_version=14,
                           input_names=["x"], dynamic_axes={"x": {0: "N"}})
     model = buf.getvalue()
-    assert run_ops(compile_model(model, CompileOptions(max_batch=2))) == ["LayerNormalization", "MatMul", "Add", "Gelu"]
+    assert run_ops(compile_model(model, CompileOptions(max_batch=2))) == ["LayerNormalization", "Dense", "Gelu"]
     x = np.random.default_rng(2).standard_normal((2, 5, 32)).astype(np.float32)
     np.testing.assert_allclose(run_local(model, {"x": x}, max_batch=2)[0], ort_run(model, {"x": x})[0],
                                rtol=1e-4, atol=1e-5)

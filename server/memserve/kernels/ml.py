@@ -126,6 +126,53 @@ def _linear_classifier_infer(node, ins):
     return [TensorInfo(I64, (n,)), TensorInfo(F32, (n, classes))]
 
 
+_LINEAR_SIG = ("void(ro(float32[:, ::1]), ro(float32[:, ::1]), ro(float32[::1]), ro(int64[::1]), int64, "
+               "boolean, int64[::1], float32[:, ::1])")
+_LINEAR_TRANSFORMS = {"NONE": 0, "LOGISTIC": 1, "SOFTMAX": 2}
+
+
+@jit.compiled(_LINEAR_SIG)
+def _linear_classify(x, coef, intercepts, labels, transform, binary, label, scores):
+    """Scores, post_transform and label of each row in one pass: as the numpy path below, without its
+    temporaries (a logistic regression's whole execution was five numpy calls of ~1 us)."""
+    n, f = x.shape
+    c = coef.shape[1]
+    for i in range(n):
+        out = scores[i]
+        for j in range(c):
+            s = intercepts[j]
+            for p in range(f):
+                s += x[i, p] * coef[p, j]
+            if binary:  # one score s stands for the two classes as [-s, s]
+                out[0], out[1] = -s, s
+            else:
+                out[j] = s
+        width = out.shape[0]
+        if transform == 1:
+            for j in range(width):
+                out[j] = 1.0 / (1.0 + np.exp(-out[j]))
+        elif transform == 2:
+            top = out[0]
+            for j in range(1, width):
+                top = max(top, out[j])
+            total = 0.0
+            for j in range(width):
+                out[j] = np.exp(out[j] - top)
+                total += out[j]
+            for j in range(width):
+                out[j] = out[j] / total
+        best = 0  # np.argmax's: the first maximum, or the first NaN
+        if out[0] == out[0]:
+            for j in range(1, width):
+                v = out[j]
+                if v != v:
+                    best = j
+                    break
+                if v > out[best]:
+                    best = j
+        label[i] = labels[best]
+
+
 def _build_linear_classifier(node, ins, outs):
     _, f = _features(node, ins[0])
     coef = np.asarray(node.attrs["coefficients"], np.float32).reshape(-1, f).T
@@ -133,6 +180,15 @@ def _build_linear_classifier(node, ins, outs):
     labels = np.asarray(_labels(node) or range(coef.shape[1]), np.int64)
     transform = node.attrs.get("post_transform", "NONE")
     binary = coef.shape[1] == 1 and len(labels) == 2
+    if ins[0].dtype == F32 and transform in _LINEAR_TRANSFORMS and (binary or coef.shape[1] > 1) \
+            and len(outs) == 2 and len(labels) >= outs[1].shape[-1]:
+        fn, code, coef = _linear_classify.ensure(), _LINEAR_TRANSFORMS[transform], np.ascontiguousarray(coef)
+
+        def run(i, o):
+            fn(i[0].reshape(-1, f), coef, intercepts, labels, code, binary, o[0].reshape(-1),
+               o[1].reshape(o[1].shape[0] if o[1].ndim > 1 else 1, -1))
+
+        return run
 
     def run(i, o):
         x = np.asarray(i[0], np.float32).reshape(-1, f)
@@ -167,7 +223,8 @@ def _build_linear_regressor(node, ins, outs):
     return run
 
 
-register(OpDef("LinearClassifier", _linear_classifier_infer, _build_linear_classifier), ML)
+register(OpDef("LinearClassifier", _linear_classifier_infer, _build_linear_classifier,
+              compiled=(_linear_classify,)), ML)
 register(OpDef("LinearRegressor", _linear_regressor_infer, _build_linear_regressor), ML)
 
 

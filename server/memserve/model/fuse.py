@@ -17,6 +17,11 @@ reader, and replaced by one node computing the same thing:
   epilogue runs. The Conv moves to the Add's place; it declares no in-place
   input, so its output never shares the residual's bytes (the residual is
   read after the GEMM has written the output).
+- MatMul by a constant 2-D W, or Gemm (alpha = beta = 1, constant B, a
+  bias C of N values or none), -> Add of a constant bias of N values ->
+  Relu, each of the last two optional, becomes one Dense (kernels/dense.py)
+  with W as (K, N): a Gemm's transposed B is transposed once here when no
+  other node reads it (weight memory stays the same).
 - The decomposed LayerNormalization exporters emit below opset 17,
   ReduceMean -> Sub -> Pow(2) -> ReduceMean -> Add(eps) -> Sqrt -> Div
   [-> Mul(gamma) -> Add(beta)], becomes one LayerNormalization.
@@ -31,7 +36,7 @@ import math
 
 import numpy as np
 
-from ..kernels import Node, TensorInfo, lookup
+from ..kernels import INTERNAL_DOMAIN, Node, TensorInfo, lookup
 from ..kernels.reduce import bn_affine
 
 
@@ -61,6 +66,8 @@ class Rewriter:
                 self._layer_norm(k, node)
             elif node.op_type == "Erf":
                 self._gelu(k, node)
+            elif node.op_type in ("MatMul", "Gemm"):
+                self._dense(k, node)
             elif node.op_type in ("Relu", "Clip", "HardSwish"):
                 self._conv_activation(k, node)
             elif node.op_type == "Add":
@@ -270,6 +277,68 @@ class Rewriter:
                   self.add_const(f"{cnode.name}:B+{tag}{k}", b2)]
         self.replace([ck], k, self._conv_with(cnode, output, inputs))
         return True
+
+    # -- Dense ------------------------------------------------------------------------
+
+    def _dense(self, k: int, node: Node) -> None:
+        w = self._dense_weight(node)
+        if w is None:
+            return
+        x, out = node.inputs[0], node.outputs[0]
+        info = self.walk.infos.get(out)
+        if info is None or self.walk.infos.get(x) is None or self.walk.infos[x].dtype != w.dtype \
+                or not self.walk.infos[x].shape:
+            return
+        n = w.shape[1]
+        bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] else ""
+        if bias and not self._is_bias(bias, n, w.dtype):
+            return
+        chain = [k]
+        add = None if bias else self.only_reader(out, "Add")
+        if add is not None:
+            other = next((i for i in add[1].inputs if i != out), "")
+            summed = self.walk.infos.get(add[1].outputs[0])
+            if len(add[1].inputs) == 2 and self._is_bias(other, n, w.dtype) and summed is not None \
+                    and summed.shape == info.shape:
+                bias, out = other, add[1].outputs[0]
+                chain.append(add[0])
+        act = ""
+        relu = self.only_reader(out, "Relu")
+        if relu is not None:
+            act, out = "Relu", relu[1].outputs[0]
+            chain.append(relu[0])
+        if len(chain) == 1 and node.op_type == "MatMul":  # nothing fused: numpy's matmul as it is
+            return
+        name = node.inputs[1]
+        if node.op_type == "Gemm" and node.attrs.get("transB", 0):
+            name = self.add_const(f"{node.name}:W^T", np.ascontiguousarray(w))
+        inputs = [x, name] + ([bias] if bias else [])
+        self.replace(chain, chain[-1], Node("Dense", node.name, inputs, [out], {"activation": act}, 1,
+                                            INTERNAL_DOMAIN))
+
+    def _dense_weight(self, node: Node) -> np.ndarray | None:
+        """W as (K, N) for a MatMul or Gemm that Dense can compute, else None."""
+        if len(node.inputs) < 2 or len(node.outputs) != 1:
+            return None
+        w = self.const(node.inputs[1])
+        if w is None or w.ndim != 2 or w.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            return None
+        if node.op_type == "MatMul":
+            return w
+        a = node.attrs
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 \
+                or len(self.walk.infos[node.inputs[0]].shape) != 2:
+            return None
+        if a.get("transB", 0):
+            # Transposed into a new constant: only when the original is read by no other node, so that
+            # the weights are not held twice.
+            return w.T if self.readers[node.inputs[1]] == 1 else None
+        return w
+
+    def _is_bias(self, name: str, n: int, dtype: np.dtype) -> bool:
+        """A constant of n values along the last axis only ((n,), (1, n), ...)."""
+        b = self.const(name)
+        return b is not None and b.dtype == dtype and b.size == n and b.shape[-1:] == (n,)
 
     def _layer_norm(self, k: int, mean: Node) -> None:
         x = mean.inputs[0]
