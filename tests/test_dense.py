@@ -30,7 +30,7 @@ def mlp_layer(k, n, elem=F32, rank=2, relu=True, bias_shape=None, seed=0):
 
 
 def sizes(m, k, n):
-    return "small" if m <= dense.SMALL_ROWS or m * k * n <= dense.SMALL_MACS else "blas"
+    return "small" if dense.compiled_path(m, k, n) else "blas"
 
 
 @pytest.mark.parametrize("elem", [F32, F64])
@@ -46,7 +46,8 @@ def test_matmul_add_relu_is_one_dense_step_matching_onnxruntime(elem, m, k, n):
 
 
 def test_both_paths_are_taken_by_the_shapes_above():
-    assert sizes(1, 64, 10) == "small" and sizes(64, 128, 128) == "blas" and sizes(5, 64, 64) == "small"
+    assert sizes(1, 64, 10) == "small" and sizes(64, 128, 128) == "blas" and sizes(5, 64, 64) == "blas"
+    assert sizes(4, 7, 5) == "small" and sizes(3, 20, 100) == "small" and sizes(200, 33, 65) == "blas"
 
 
 def test_three_d_input_and_no_activation():

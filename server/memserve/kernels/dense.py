@@ -6,11 +6,12 @@ tensor whose last dimension is K, seen as M = x.size / K rows.
 Small products run in one compiled pass (`dense`): four rows at a time, each
 output row starts as the bias, gets x[i, p] * W[p, :] added for every p (the
 inner loop runs along W's contiguous rows, in vector lanes), and is
-activated while it is still in cache. A BLAS call costs ~2.5 us before it
-computes anything, and at one to a few rows it streams W as this loop does,
-so below SMALL_MACS multiply-adds (or at four rows or fewer) this is faster;
-above, numpy's BLAS sgemm writes y and one compiled pass (`bias_act`) adds
-the bias and activates. Either way nothing is allocated per request.
+activated while it is still in cache. A BLAS call costs ~1-2 us before it
+computes anything, and at one to four rows it streams W as this loop does,
+so up to SMALL_MACS multiply-adds (ROW_MACS at four rows or fewer) this is
+faster; above, numpy's BLAS sgemm writes y and one compiled pass
+(`bias_act`) adds the bias and activates (bench/dense_kernels.py measures
+both). Either way nothing is allocated per request.
 
 Which path a node takes depends on its rows, so the same row can round
 differently at another batch size (as BLAS's own kernels do).
@@ -24,8 +25,9 @@ import numpy as np
 from . import INTERNAL_DOMAIN, OpDef, TensorInfo, register
 from .jit import compiled
 
-SMALL_MACS = 1 << 17  # measured crossover against OpenBLAS sgemm + epilogue (bench/dense_kernels.py)
-SMALL_ROWS = 4  # at most this many rows: compiled whatever the size (a BLAS gemm streams W just the same)
+# Crossovers measured against OpenBLAS sgemm + the compiled epilogue (bench/dense_kernels.py).
+SMALL_MACS = 1 << 14  # compiled up to here at any row count
+SMALL_ROWS, ROW_MACS = 4, 1 << 17  # and up to ROW_MACS at SMALL_ROWS rows or fewer
 ACTIVATIONS = {"": 0, "Relu": 1}
 
 _SIG = "void(ro({t}[:, ::1]), ro({t}[:, ::1]), ro({t}[::1]), int64, {t}[:, ::1])"
@@ -91,6 +93,12 @@ def bias_act(y, b, act):
                     row[j] = 0
 
 
+def compiled_path(m: int, k: int, n: int) -> bool:
+    """Whether an (m x k) @ (k x n) product runs in `dense` rather than BLAS + `bias_act`."""
+    macs = m * k * n
+    return macs <= SMALL_MACS or (m <= SMALL_ROWS and macs <= ROW_MACS)
+
+
 def _infer(node, ins):
     x, w = ins[0], ins[1]
     return [TensorInfo(x.dtype, x.shape[:-1] + (w.shape[1],))]
@@ -102,7 +110,7 @@ def _build(node, ins, outs):
     act = ACTIVATIONS[node.attrs.get("activation", "")]
     none = np.zeros(0, outs[0].dtype)
     has_bias = len(ins) > 2 and ins[2] is not None
-    if m <= SMALL_ROWS or m * k * n <= SMALL_MACS:
+    if compiled_path(m, k, n):
         fn = dense.ensure()
 
         def run(i, o):
