@@ -47,9 +47,9 @@ def dispatch_us(reg, m, feeds) -> float:
     from memserve.engine import _generate
 
     plan = m.plan
-    batch = plan.batch_of(feeds)
+    key = plan.key_of(feeds)
     with reg.context:
-        binding = m.executable.binding(batch, m.workspace)
+        binding = m.executable.binding(key, m.workspace)
     noop = [("call", lambda i, o: None, s.inputs, s.outputs + s.scratch)
             for s in plan.steps if s.phase == "run" and not s.op.alias]
     run, _ = _generate(plan, binding.template, noop, binding.io)

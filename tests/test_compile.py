@@ -95,7 +95,7 @@ def test_open_dimensions_must_be_given():
     with pytest.raises(InvalidArgument, match=r"dimension 1 \('seq'\) is left open"):
         compile_model(model)
     plan = compile_model(model, CompileOptions(input_shapes={"x": (4, 7)}))
-    assert plan.max_batch == 4 and plan.inputs[0].shape == (-1, 7)
+    assert plan.max_batch == 4 and plan.inputs[0].shape == (-1, -1) and plan.inputs[0].max_shape == (4, 7)
     with pytest.raises(InvalidArgument, match="not inputs of the model"):
         compile_model(model, CompileOptions(input_shapes={"nope": (1, 2)}))
 

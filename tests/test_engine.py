@@ -24,13 +24,13 @@ def rand(shape):
 
 def _both_forms(reg, m, feeds):
     """The generated function's outputs and the step list's, each into outputs of its own."""
-    batch = m.plan.batch_of(feeds)
+    key = m.plan.key_of(feeds)
     ws = m.workspace
     with reg.context:
-        b = m.executable.binding(batch, ws)
+        b = m.executable.binding(key, ws)
         fresh = [np.full(shape, 7, dtype) for _, dtype, shape, _ in b.io]
         ref = [np.array(o, copy=True) for o in b.run_steps(feeds, fresh, m.plan)]
-        outs, buf = m.executable.run(feeds, batch, ws, reg.device)
+        outs, buf = m.executable.run(feeds, key, ws, reg.device)
         got = [np.array(o, copy=True) for o in outs]
         buf.free()
     return got, ref

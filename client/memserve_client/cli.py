@@ -20,8 +20,11 @@ def _ref(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def _shape(spec: TensorSpec) -> str:
-    return "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
+def _shape(spec: TensorSpec, batched: bool) -> str:
+    """[N, <=64, 768]: N the batch, <=64 a dimension open up to 64."""
+    top = spec.max_shape or spec.shape
+    return "[" + ", ".join(str(d) if d != -1 else "N" if k == 0 and batched else f"<={m}"
+                           for k, (d, m) in enumerate(zip(spec.shape, top))) + "]"
 
 
 def _print_model(m: Model) -> None:
@@ -36,7 +39,7 @@ def _print_model(m: Model) -> None:
         print(f"load time:   {m.load_time_us / 1000:.1f} ms")
     for kind, specs in (("input", m.inputs), ("output", m.outputs)):
         for s in specs:
-            print(f"{kind + ':':<12} {s.name} {s.dtype.name} {_shape(s)}")
+            print(f"{kind + ':':<12} {s.name} {s.dtype.name} {_shape(s, m.max_batch > 0)}")
 
 
 def _progress(path: str):
@@ -78,7 +81,8 @@ def cmd_query_size(c: Client, a) -> None:
 
 
 def _random_input(spec: TensorSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
-    shape = tuple(batch if d == -1 else d for d in spec.shape)
+    top = spec.max_shape or spec.shape  # other open dimensions at their largest
+    shape = tuple(d if d != -1 else batch if k == 0 else top[k] for k, d in enumerate(spec.shape))
     if spec.dtype.kind == "f":
         return rng.standard_normal(shape).astype(spec.dtype)
     if spec.dtype.kind == "b":
@@ -168,7 +172,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("model", help="path to an ONNX file")
         sp.add_argument("--max-batch", type=int, help="largest batch the model will be asked to run")
         sp.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
-                        help="shape of an input whose dimensions the model leaves open")
+                        help="largest shape of an input whose dimensions the model leaves open: memory is "
+                             "planned for it, requests may be smaller along the open dimensions")
 
     sp = sub.add_parser("load", help="upload and load a model")
     model_upload(sp)

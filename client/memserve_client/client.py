@@ -49,7 +49,8 @@ class MemserveError(Exception):
 class TensorSpec:
     name: str
     dtype: np.dtype
-    shape: tuple[int, ...]  # -1 marks the batch dimension
+    shape: tuple[int, ...]  # -1 marks an open dimension: the batch, or one the model leaves open
+    max_shape: tuple[int, ...] = ()  # each dimension's largest size (empty from an older daemon)
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,8 @@ def _ref(model: Model | int | str) -> pb.ModelRef:
 
 
 def _specs(descs) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(d.name, tensors.dtype_from_pb(d.dtype), tuple(d.shape)) for d in descs)
+    return tuple(TensorSpec(d.name, tensors.dtype_from_pb(d.dtype), tuple(d.shape), tuple(d.max_shape))
+                 for d in descs)
 
 
 def _model(m: pb.ModelInfo, **extra) -> Model:

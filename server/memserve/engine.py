@@ -69,6 +69,9 @@ class Binding:
 # between requests: the device accounts it while a request runs (Device.retake, then free), but no
 # request allocates host memory or builds views for its outputs. Larger outputs get fresh storage.
 IO_KEEP = 64 << 10
+# Bindings a workspace keeps (per model and request shape): each holds a view per tensor and a generated
+# function, so a client cycling through open dimensions' sizes costs binding time, not unbounded memory.
+MAX_BINDINGS = 64
 
 
 def _step_error(node: Node | None, exc: Exception) -> MemserveError:
@@ -92,11 +95,11 @@ class Executable:
         # Compiled now, at load, so that no request waits for a compiler.
         jit.prepare([k for op in {s.op for s in plan.steps} for k in op.compiled])
 
-    def run(self, arrays: dict[str, np.ndarray], batch: int, workspace: Workspace, device: Device
+    def run(self, arrays: dict[str, np.ndarray], key: tuple[int, ...], workspace: Workspace, device: Device
             ) -> tuple[list[np.ndarray], Buffer]:
         """Execute one request on a workspace its lane holds (so in the device context); returns the
         outputs and the one I/O buffer they live in, which the caller frees once it has copied them."""
-        b = self.binding(batch, workspace)
+        b = self.binding(key, workspace)
         buf = b.io_buffer
         if buf is not None:
             device.retake(buf)
@@ -117,17 +120,20 @@ class Executable:
                 raise _step_error(b.nodes[k] if k is not None else None, exc) from None
             raise
 
-    def binding(self, batch: int, workspace: Workspace) -> Binding:
-        """Called only by the workspace's lane, so the cache needs no lock of its own."""
-        key = (self.key, batch)
-        b = workspace.bindings.get(key)
+    def binding(self, key: tuple[int, ...], workspace: Workspace) -> Binding:
+        """Called only by the workspace's lane, so the cache needs no lock of its own. A request shape's
+        binding (Plan.key_of) is kept, up to MAX_BINDINGS per workspace, the oldest dropped first."""
+        cached = (self.key, key)
+        b = workspace.bindings.get(cached)
         if b is None:
-            b = workspace.bindings[key] = self._bind(batch, workspace.buffer.array)
+            if len(workspace.bindings) >= MAX_BINDINGS:
+                workspace.bindings.pop(next(iter(workspace.bindings)))
+            b = workspace.bindings[cached] = self._bind(key, workspace.buffer.array)
         return b
 
-    def _bind(self, batch: int, work: np.ndarray) -> Binding:
+    def _bind(self, key: tuple[int, ...], work: np.ndarray) -> Binding:
         plan = self.plan
-        infos = plan.infos_at(batch)
+        infos = plan.infos_at(key)
         env: list = [None] * (len(plan.tensors) + 1)
         for i, slot in enumerate(plan.tensors):
             info = infos[i]
@@ -153,7 +159,7 @@ class Executable:
                     fn = step.op.build(step.node, ins, outs)
                 except MemserveError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - the model's content, at this batch size
+                except Exception as exc:  # noqa: BLE001 - the model's content, at these sizes
                     raise _step_error(step.node, exc) from None
                 steps.append(_call(fn, step.inputs, step.outputs + step.scratch))
                 calls.append(("call", fn, step.inputs, step.outputs + step.scratch))

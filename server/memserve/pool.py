@@ -98,7 +98,7 @@ class Workspace:
         self.members: dict[int, int] = {}
         self.buffer: Buffer | None = None
         self.lock = threading.Lock()  # held by the lane per execution and by resizes
-        self.bindings: dict = {}  # the engine's views into `buffer`, per (model, batch); cleared with it
+        self.bindings: dict = {}  # the engine's views into `buffer`, per (model, request shape); cleared with it
         self.executions = 0  # counted by the lane, under `lock`, once it runs one
         self.max_concurrent = 0
         self.active = 0  # executions running or about to run: the I1 probe, under `probe`

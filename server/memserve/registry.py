@@ -21,6 +21,7 @@ from .engine import Executable
 from .errors import (AlreadyExists, Cancelled, FailedPrecondition, InvalidArgument, MemserveError, NotFound,
                      ResourceExhausted, Unavailable)
 from .model import CompileOptions, Plan, compile_model
+from .model.plan import BATCH
 from .pool import WeightStore, Workspace, WorkspacePool
 from .scheduler import Lane, Request, Scheduler
 from .metrics import Metrics
@@ -379,9 +380,10 @@ class Registry:
             self._check_serving()
         model = self.get(ref)
         plan = model.plan
-        batch = plan.batch_of(arrays)
-        plan.infos_at(batch)  # a batch the plan cannot hold fails here, not on the lane
-        req = Request(model.id, model.job, deadline, priority, payload=arrays, rows=batch, finish_by=finish_by)
+        key = plan.key_of(arrays)
+        plan.infos_at(key)  # sizes the plan cannot hold fail here, not on the lane
+        req = Request(model.id, model.job, deadline, priority, payload=arrays, rows=key[0], finish_by=finish_by,
+                      shape=key[1:])
         b = model.options.batching
         if b is not None:
             req.batch_limit, req.batch_delay = plan.max_batch, b.max_queue_delay_us / 1e6
@@ -404,12 +406,12 @@ class Registry:
         """One execution for one request, or for several merged along the batch dimension."""
         if len(reqs) == 1:
             arrays, rows = reqs[0].payload, reqs[0].rows
-        else:
+        else:  # merged requests share their other open dimensions (the lane merges only those)
             arrays = {name: np.concatenate([r.payload[name] for r in reqs]) for name in reqs[0].payload}
             rows = sum(r.rows for r in reqs)
         if ws.buffer is None:
             ws.ensure_buffer(self.device)
-        outs, buffer = model.executable.run(arrays, rows, ws, self.device)
+        outs, buffer = model.executable.run(arrays, (rows,) + reqs[0].shape, ws, self.device)
         try:
             specs = model.plan.outputs
             if len(reqs) == 1:  # the whole outputs: no row slicing
@@ -419,8 +421,8 @@ class Registry:
                 for r in reqs:
                     rows_of = slice(start, start + r.rows)
                     start += r.rows
-                    tensors = [OutputTensor(spec.name, o.dtype, o[rows_of].shape if spec.shape[:1] == (-1,) else o.shape,
-                                            (o[rows_of] if spec.shape[:1] == (-1,) else o).tobytes())
+                    tensors = [OutputTensor(spec.name, o.dtype, o[rows_of].shape if spec.symbols[:1] == (BATCH,) else o.shape,
+                                            (o[rows_of] if spec.symbols[:1] == (BATCH,) else o).tobytes())
                                for spec, o in zip(specs, outs)]
                     results.append(tensors)
         finally:

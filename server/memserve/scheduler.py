@@ -18,7 +18,8 @@ that would come too late. A lane that has been idle for a second runs what
 it is given whatever its estimate, so that a stale estimate is refreshed.
 
 Dynamic batching: a request that allows it (`batch_limit` rows) takes the
-requests of the same model and priority queued behind it, up to the limit,
+requests of the same model, priority and other open dimensions' sizes
+(`shape`) queued behind it, in order, up to the limit,
 and, when it may wait (`batch_delay`), waits until that many rows (or the
 preferred count) arrived or the delay passed. The model's job then runs them
 as one execution.
@@ -137,6 +138,7 @@ class Request:
     batch_delay: float = 0.0  # seconds it may wait for others to merge with
     batch_target: int = 0  # stop waiting once this many rows are gathered (0: batch_limit)
     finish_by: float | None = None  # time.monotonic() seconds when its caller stops waiting (gRPC deadline)
+    shape: tuple = ()  # sizes of its open dimensions but the batch: only requests alike merge
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     future: Outcome = field(default_factory=Outcome)
@@ -192,10 +194,10 @@ class LaneQueue:
         return True
 
     def take_more(self, first: Request, rows: int) -> list[Request]:
-        """Queued requests of `first`'s model and priority, in order, while their rows fit."""
+        """Queued requests of `first`'s model, priority and shape, in order, while their rows fit."""
         fifo = self._levels[first.priority].get(first.model_id)
         taken = []
-        while fifo and fifo[0].rows <= rows:
+        while fifo and fifo[0].rows <= rows and fifo[0].shape == first.shape:
             req = fifo.popleft()
             rows -= req.rows
             taken.append(req)

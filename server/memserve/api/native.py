@@ -200,7 +200,8 @@ def size_info(plan: Plan) -> pb.SizeInfo:
 
 
 def tensor_descs(specs: list[IOSpec]) -> list[pb.TensorDesc]:
-    return [pb.TensorDesc(name=s.name, dtype=tensors.dtype_to_pb(s.dtype), shape=s.shape) for s in specs]
+    return [pb.TensorDesc(name=s.name, dtype=tensors.dtype_to_pb(s.dtype), shape=s.shape, max_shape=s.max_shape)
+            for s in specs]
 
 
 def model_info(m: LoadedModel) -> pb.ModelInfo:

@@ -58,7 +58,7 @@ def most(model: LoadedModel, specs: dict, name: str, datatype_: str) -> int:
         raise InputMismatch(f"model {model.name!r} has no input {name[:64]!r}; its inputs are {sorted(specs)}")
     if datatype_ in DATATYPES and np.dtype(DATATYPES[datatype_][0]) != spec.dtype:
         raise InputMismatch(f"input {name[:64]!r} must be {datatype(spec.dtype)}, got {datatype_[:32]}")
-    return math.prod(model.plan.max_batch if d == -1 else d for d in spec.shape)
+    return math.prod(spec.max_shape)
 
 
 def _most(model: LoadedModel, specs: dict, t) -> int:
@@ -204,7 +204,9 @@ def load_options(name: str, config: mc.ModelConfig) -> LoadOptions:
     for i in config.input:
         dims = list(i.dims)
         if any(d < 0 for d in dims):
-            raise UnsupportedModel(f"input {i.name!r} has variable dims {dims} in the config; give fixed sizes")
+            raise UnsupportedModel(f"input {i.name!r} has variable dims {dims} in the config; give each dimension's "
+                                   "largest size (memory is planned for it; requests may be smaller along the "
+                                   "dimensions the model leaves open)")
         if dims:
             shapes[i.name] = tuple(([max_batch] if max_batch > 0 else []) + dims)
     count = sum(g.count or 1 for g in config.instance_group) or 1

@@ -36,7 +36,8 @@ from ..planner import Lifetime, plan_offsets
 from .chains import chain_elementwise
 from .fuse import fuse
 from .onnx_import import Graph, import_onnx
-from .plan import BIND, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, Placement, Plan, Step, TensorSlot, infer_all
+from .plan import (BATCH, BIND, FIXED, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, OpenDim, Placement, Plan, Step,
+                   TensorSlot, infer_all)
 
 FOLD = "fold"
 SMALL_CONSTANT = 64  # elements; weights this small keep their value for shape functions
@@ -93,13 +94,14 @@ def _model_errors(what: str):
 
 
 def build_plan(graph: Graph, options: CompileOptions) -> Plan:
-    inputs, max_batch = _resolve_inputs(graph, options)
-    walk = _Walk(graph, inputs, batched=max_batch > 0)
+    inputs, max_batch, dims = _resolve_inputs(graph, options)
+    walk = _Walk(graph, inputs, batched=max_batch > 0 or bool(dims))
     fuse(walk, graph.outputs)
     chain_elementwise(walk, graph.outputs)
     b = _Builder(walk)
-    input_specs = [IOSpec(name, dtype, marked, b.add(name, TensorInfo(dtype, shape), INPUT))
-                   for name, dtype, shape, marked in inputs]
+    input_specs = [IOSpec(name, dtype, tuple(d if k == FIXED else -1 for d, k in zip(shape, symbols)),
+                          b.add(name, TensorInfo(dtype, shape), INPUT), shape, symbols)
+                   for name, dtype, shape, symbols in inputs]
     needed = walk.needed(graph.outputs)
     b.on_device = set(graph.outputs).union(*(node.inputs for node, _, phase in walk.nodes if phase == RUN))
     for node, op, phase in walk.nodes:
@@ -115,17 +117,19 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
         tensors=b.slots, steps=b.steps, inputs=input_specs, outputs=[], max_batch=max_batch,
         work_size=work.size, work_lower_bound=work.lower_bound, peak_step=work.peak_step,
         weight_size=weight_size, weight_digest=digest, weight_slots=b.weight_roots(), staged_weights=staged,
-        placements=b.placements,
+        placements=b.placements, dims=dims,
     )
     plan.outputs = _output_specs(plan, outputs)
     return plan
 
 
-InputShape = tuple[str, np.dtype, tuple[int, ...], tuple[int, ...]]  # name, dtype, at max batch, -1 for batch
+InputShape = tuple[str, np.dtype, tuple[int, ...], tuple[int, ...]]  # name, dtype, at the maxima, symbols
 
 
-def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputShape], int]:
-    """Fix every open input dimension; a free leading one is the batch."""
+def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputShape], int, list[OpenDim]]:
+    """Every input dimension the model leaves open gets its largest size: a free leading one is the batch
+    (max_batch, or input_shapes' first entry); any other takes its size from input_shapes as its maximum.
+    Open dimensions the model names alike (dim_param "seq" on ids and mask) are one dimension."""
     unknown = sorted(set(options.input_shapes) - {i.name for i in graph.inputs})
     if unknown:
         raise InvalidArgument(f"input_shapes names {unknown}, which are not inputs of the model "
@@ -138,50 +142,83 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputSh
     max_batch = next(iter(given.values()), options.max_batch or 1) if batched else 0
     if max_batch < 0 or (batched and max_batch == 0):
         raise InvalidArgument(f"max batch must be positive, got {max_batch}")
-    specs = []
     for inp in graph.inputs:
         if len(inp.dims) > limits.MAX_RANK:
             raise UnsupportedModel(f"input {inp.name!r} has rank {len(inp.dims)}; memserve accepts at most "
                                    f"{limits.MAX_RANK} dimensions")
-        shape = list(options.input_shapes.get(inp.name, ()))
+        shape = options.input_shapes.get(inp.name, ())
         if shape and len(shape) != len(inp.dims):
-            raise InvalidArgument(f"input {inp.name!r} has rank {len(inp.dims)}; input_shapes gives {shape}")
-        dims, marked = [], []
+            raise InvalidArgument(f"input {inp.name!r} has rank {len(inp.dims)}; input_shapes gives {list(shape)}")
+    names: dict[str, int] = {}  # an open dimension's name -> its symbol
+    maxima: dict[int, tuple[int, str]] = {}  # symbol -> (largest size, who gave it)
+    specs = []
+    for inp in graph.inputs:
+        shape = list(options.input_shapes.get(inp.name, ()))
+        dims, symbols = [], []
         for k, d in enumerate(inp.dims):
-            marked.append(-1 if k == 0 and d is None else None)
             if k == 0 and d is None:
                 dims.append(max_batch)
-            elif d is not None:
+                symbols.append(BATCH)
+                continue
+            if d is not None:
                 if shape and shape[k] != d:
                     raise InvalidArgument(f"input {inp.name!r} dimension {k} is fixed at {d} by the model; "
                                           f"input_shapes gives {shape[k]}")
                 dims.append(d)
-            elif shape and shape[k] > 0:
-                dims.append(shape[k])
-            else:
-                label = f" ({inp.dim_names[k]!r})" if inp.dim_names[k] else ""
-                raise InvalidArgument(f"input {inp.name!r} dimension {k}{label} is left open by the model; "
-                                      f"give its size with input_shapes")
-        specs.append((inp.name, inp.dtype, tuple(dims), tuple(m or d for m, d in zip(marked, dims))))
-    return specs, max_batch
+                symbols.append(FIXED)
+                continue
+            name = _dim_name(inp.dim_names[k]) or f"{inp.name}[{k}]"
+            symbol = names.setdefault(name, len(names) + 1)
+            symbols.append(symbol)
+            if shape and shape[k] > 0:
+                seen = maxima.setdefault(symbol, (shape[k], inp.name))
+                if seen[0] != shape[k]:
+                    raise InvalidArgument(f"input_shapes give dimension {name!r} two maxima: {seen[0]} "
+                                          f"({seen[1]!r}) and {shape[k]} ({inp.name!r})")
+            dims.append(-symbol)  # filled in below, once every input has had its say
+        specs.append((inp, dims, symbols))
+    open_dims = []
+    for name, symbol in names.items():
+        if symbol not in maxima:
+            inp, k = next((i, k) for i, dims, syms in specs for k, s in enumerate(syms) if s == symbol)
+            raise InvalidArgument(f"input {inp.name!r} dimension {k} ({name!r}) is left open by the model; "
+                                  f"give its largest size with input_shapes")
+        open_dims.append(OpenDim(name, maxima[symbol][0]))
+    resolved = [(inp.name, inp.dtype, tuple(open_dims[-d - 1].max if d < 0 else d for d in dims), tuple(syms))
+                for inp, dims, syms in specs]
+    return resolved, max_batch, open_dims
+
+
+def _dim_name(param: str) -> str:
+    """A dim_param that names a dimension ("seq"), or "" for the placeholders exporters write for an
+    unnamed one ("?" from Paddle, "unk__12" from tf2onnx), which must not tie dimensions together."""
+    return param if param.isidentifier() and not param.startswith("unk__") else ""
 
 
 def _output_specs(plan: Plan, slots: list[int]) -> list[IOSpec]:
-    """Outputs' shapes, with -1 on the dimensions that follow the batch."""
+    """Outputs' shapes, with -1 on the dimensions that follow an open input dimension: a probe past each
+    maximum (or below it, where the model cannot go past) shows which."""
     at_max = [plan.tensors[i].info for i in slots]
-    batch_dims: list[set[int]] = [set() for _ in slots]
-    if plan.max_batch:
-        try:  # shapes only: a probe one past the maximum shows which dims follow the batch
-            probe = infer_all(plan, plan.input_infos(plan.max_batch + 1))
+    symbols = [[FIXED] * len(info.shape) for info in at_max]
+    top = plan.max_key()
+    for s in range(len(top)):
+        if top[s] == 0:
+            continue
+        for size in (top[s] + 1, top[s] - 1):
+            if size < 1:
+                continue
+            try:
+                probe = infer_all(plan, plan.input_infos(top[:s] + (size,) + top[s + 1:]))
+            except Exception:  # noqa: BLE001 - the model's arithmetic cannot take this size: try the other
+                continue
             for k, i in enumerate(slots):
-                batch_dims[k] = {d for d, (a, b) in enumerate(zip(at_max[k].shape, probe[i].shape)) if a != b}
-        except InvalidArgument:
-            pass
-    return [
-        IOSpec(plan.tensors[i].name, info.dtype,
-               tuple(-1 if d in dims else s for d, s in enumerate(info.shape)), i)
-        for i, info, dims in zip(slots, at_max, batch_dims)
-    ]
+                for d, (a, b) in enumerate(zip(at_max[k].shape, probe[i].shape)):
+                    if a != b and symbols[k][d] == FIXED:
+                        symbols[k][d] = s
+            break
+    return [IOSpec(plan.tensors[i].name, info.dtype, tuple(-1 if k != FIXED else d for d, k in zip(info.shape, syms)),
+                   i, info.shape, tuple(syms))
+            for i, info, syms in zip(slots, at_max, symbols)]
 
 
 class _Walk:

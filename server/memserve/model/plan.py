@@ -1,8 +1,15 @@
 """The compiled form of a model: tensors with their storage, steps, sizes.
 
-A plan is planned once, at the maximum batch. Smaller batches reuse its
-offsets: `infos_at(n)` re-derives every shape for batch n (pure arithmetic,
-cached per n) and checks that each tensor still fits the bytes planned for it.
+A plan is planned once, with every open input dimension at its maximum: the
+batch (up to max_batch) and any other dimension the model leaves open (a
+sequence length, an image side: up to what input_shapes gave). A request is
+keyed by its open dimensions' sizes, `key_of(arrays)` = (batch, d1, ...,
+dS), checked against their maxima and, where two inputs share a dimension's
+name (ids and mask both "seq"), against each other. Smaller requests reuse
+the plan's offsets: `infos_at(key)` re-derives every shape for that key (pure
+arithmetic, a bounded cache) and checks that each tensor still fits the bytes
+planned for it, so no request can write past its planned bytes whatever
+shape the model's arithmetic gives it.
 """
 from __future__ import annotations
 
@@ -40,12 +47,26 @@ class Step:
     phase: str = RUN
 
 
+FIXED, BATCH = -1, 0  # IOSpec.symbols: a fixed dimension, the batch; k >= 1 is the open dimension Plan.dims[k - 1]
+MAX_SHAPE_KEYS = 64  # request shapes whose infos a plan keeps; a client cycling through more costs only CPU
+
+
 @dataclass(frozen=True)
 class IOSpec:
     name: str
     dtype: np.dtype
-    shape: tuple[int, ...]  # -1 marks the batch dimension
+    shape: tuple[int, ...]  # -1 marks an open dimension (the batch or another)
     slot: int
+    max_shape: tuple[int, ...] = ()  # each dimension's largest size: the planned shape
+    symbols: tuple[int, ...] = ()  # per dimension: FIXED, BATCH or k, its position in the request's key
+
+
+@dataclass(frozen=True)
+class OpenDim:
+    """An open input dimension other than the batch."""
+
+    name: str  # the model's name for it (dim_param), else "input[axis]"
+    max: int
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,7 @@ class Plan:
     weight_digest: str
     weight_slots: list[int]  # WEIGHT roots, in layout order
     placements: list[Placement] = field(default_factory=list)
+    dims: list[OpenDim] = field(default_factory=list)  # open dimensions but the batch: key positions 1..
     staged_weights: dict[int, np.ndarray] | None = None  # host copies until the load uploads them
     _infos: dict[int, list[TensorInfo]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -80,46 +102,58 @@ class Plan:
     def release_staging(self) -> None:
         self.staged_weights = None
 
-    def input_infos(self, batch: int) -> list[TensorInfo]:
-        return [
-            TensorInfo(spec.dtype, tuple(batch if d == -1 else d for d in spec.shape))
-            for spec in self.inputs
-        ]
+    def input_infos(self, key: tuple[int, ...]) -> list[TensorInfo]:
+        return [TensorInfo(spec.dtype, tuple(d if s == FIXED else key[s] for d, s in zip(spec.max_shape, spec.symbols)))
+                for spec in self.inputs]
 
-    def infos_at(self, batch: int) -> list[TensorInfo]:
-        """Every slot's dtype and shape when the request carries `batch` rows."""
-        infos = self._infos.get(batch)
+    def max_key(self) -> tuple[int, ...]:
+        return (self.max_batch,) + tuple(d.max for d in self.dims)
+
+    def describe_key(self, key: tuple[int, ...]) -> str:
+        parts = [f"batch {key[0]}"] if self.max_batch else []
+        return ", ".join(parts + [f"{d.name} {n}" for d, n in zip(self.dims, key[1:])]) or "its fixed shapes"
+
+    def infos_at(self, key: tuple[int, ...]) -> list[TensorInfo]:
+        """Every slot's dtype and shape for a request of this key (key_of)."""
+        infos = self._infos.get(key)
         if infos is None:
             try:
-                infos = infer_all(self, self.input_infos(batch))
+                infos = infer_all(self, self.input_infos(key))
             except MemserveError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the model's shape functions at this batch size
-                raise InvalidArgument(f"this model cannot run batch {batch}: {type(exc).__name__}: {exc}") from None
-            self._check_fits(infos, batch)
+            except Exception as exc:  # noqa: BLE001 - the model's shape functions at these sizes
+                raise InvalidArgument(f"this model cannot run {self.describe_key(key)}: "
+                                      f"{type(exc).__name__}: {exc}") from None
+            self._check_fits(infos, key)
             with self._lock:
-                self._infos[batch] = infos
+                if len(self._infos) >= MAX_SHAPE_KEYS:
+                    self._infos.pop(next(iter(self._infos)))
+                self._infos[key] = infos
         return infos
 
-    def _check_fits(self, infos: list[TensorInfo], batch: int) -> None:
+    def _check_fits(self, infos: list[TensorInfo], key: tuple[int, ...]) -> None:
         for slot, info in zip(self.tensors, infos):
             if info.nbytes > slot.info.nbytes:
                 raise InvalidArgument(
-                    f"tensor {slot.name!r} grows to {info.shape} at batch {batch}, past its planned "
-                    f"{slot.info.shape}; this model cannot run batch {batch}"
+                    f"tensor {slot.name!r} grows to {info.shape} at {self.describe_key(key)}, past its planned "
+                    f"{slot.info.shape}; this model cannot run {self.describe_key(key)}"
                 )
 
-    def batch_of(self, arrays: dict[str, np.ndarray]) -> int:
-        """Validate request inputs against the model; return their batch size."""
+    def key_of(self, arrays: dict[str, np.ndarray]) -> tuple[int, ...]:
+        """Validate request inputs against the model; return the sizes of its open dimensions,
+        (batch, d1, ..., dS), the batch 0 for a model without one."""
         if len(arrays) != len(self.inputs):
             self._mismatch(arrays)
-        batch = None
+        key = [0] * (1 + len(self.dims))
         for spec in self.inputs:
             a = arrays.get(spec.name)
             if a is None:
                 self._mismatch(arrays)
-            batch = _check_input(spec, a, self.max_batch, batch)
-        return batch or 0
+            _check_input(self, spec, a, key)
+        return tuple(key)
+
+    def batch_of(self, arrays: dict[str, np.ndarray]) -> int:
+        return self.key_of(arrays)[0]
 
     def _mismatch(self, arrays: dict[str, np.ndarray]) -> None:
         unknown = sorted(set(arrays) - {s.name for s in self.inputs})
@@ -132,25 +166,32 @@ class Plan:
             )
 
 
-def _check_input(spec: IOSpec, a: np.ndarray, max_batch: int, batch: int | None) -> int | None:
+def _check_input(plan: Plan, spec: IOSpec, a: np.ndarray, key: list[int]) -> None:
     if a.dtype != spec.dtype:
         raise InputMismatch(f"input {spec.name!r} must be {spec.dtype}, got {a.dtype}")
-    n = None
-    if len(a.shape) == len(spec.shape):
-        for d, s in zip(spec.shape, a.shape):
-            if d != s:
-                if d != -1:
-                    break
-                n = s  # the batch dimension: dimensions are never -1
-        else:
-            if n is None:
-                return batch
-            if not 1 <= n <= max_batch:
-                raise InputMismatch(f"input {spec.name!r} has batch {n}; this model was loaded for 1 to {max_batch}")
-            if batch is not None and n != batch:
-                raise InputMismatch(f"inputs disagree on the batch size: {batch} and {n}")
-            return n
-    raise InputMismatch(f"input {spec.name!r} must have shape {list(spec.shape)} (-1: batch), got {list(a.shape)}")
+    if len(a.shape) != len(spec.shape):
+        _wrong_shape(spec, a)
+    for axis, (d, s, n) in enumerate(zip(spec.shape, spec.symbols, a.shape)):
+        if s == FIXED:
+            if n != d:
+                _wrong_shape(spec, a)
+            continue
+        top = spec.max_shape[axis]
+        if not 1 <= n <= top:
+            if s == BATCH:
+                raise InputMismatch(f"input {spec.name!r} has batch {n}; this model was loaded for 1 to {top}")
+            raise InputMismatch(f"input {spec.name!r} dimension {axis} ({plan.dims[s - 1].name}) is {n}; this model "
+                                f"was loaded for 1 to {top}: load it with a larger input_shapes to raise that")
+        if key[s] != n:
+            if key[s]:
+                what = "the batch size" if s == BATCH else repr(plan.dims[s - 1].name)
+                raise InputMismatch(f"inputs disagree on {what}: {key[s]} and {n}")
+            key[s] = n
+
+
+def _wrong_shape(spec: IOSpec, a: np.ndarray) -> None:
+    raise InputMismatch(f"input {spec.name!r} must have shape {list(spec.shape)} (-1: open, up to "
+                        f"{list(spec.max_shape)}), got {list(a.shape)}")
 
 
 def infer_all(plan: Plan, input_infos: list[TensorInfo]) -> list[TensorInfo]:

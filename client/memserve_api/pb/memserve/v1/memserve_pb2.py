@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memserve_api/pb/memserve/v1/memserve.proto\x12\x0bmemserve.v1\"\x15\n\x05Shape\x12\x0c\n\x04\x64ims\x18\x01 \x03(\x03\"\xa6\x02\n\x0bLoadOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\r\x12?\n\x0cinput_shapes\x18\x04 \x03(\x0b\x32).memserve.v1.LoadOptions.InputShapesEntry\x12\x11\n\tinstances\x18\x05 \x01(\r\x12\x0f\n\x07replace\x18\x06 \x01(\x08\x12\x36\n\x10\x64ynamic_batching\x18\x07 \x01(\x0b\x32\x1c.memserve.v1.DynamicBatching\x1a\x46\n\x10InputShapesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.memserve.v1.Shape:\x02\x38\x01\"]\n\x0f\x44ynamicBatching\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\r\"S\n\x0bLoadRequest\x12+\n\x07options\x18\x01 \x01(\x0b\x32\x18.memserve.v1.LoadOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x08SizeInfo\x12\x11\n\twork_size\x18\x01 \x01(\x04\x12\x13\n\x0bweight_size\x18\x02 \x01(\x04\x12\x18\n\x10work_lower_bound\x18\x03 \x01(\x04\"O\n\nTensorDesc\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.memserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xa7\x02\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05sizes\x18\x03 \x01(\x0b\x32\x15.memserve.v1.SizeInfo\x12\'\n\x06inputs\x18\x04 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12(\n\x07outputs\x18\x05 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12\x11\n\tworkspace\x18\x06 \x01(\t\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x15\n\rweight_digest\x18\x08 \x01(\t\x12\x12\n\nworkspaces\x18\t \x03(\t\x12\x36\n\x10\x64ynamic_batching\x18\n \x01(\x0b\x32\x1c.memserve.v1.DynamicBatching\"q\n\x0cLoadResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.memserve.v1.ModelInfo\x12\x14\n\x0cload_time_us\x18\x02 \x01(\x04\x12\x16\n\x0eweights_shared\x18\x03 \x01(\x08\x12\x0c\n\x04note\x18\x04 \x01(\t\"\xda\x01\n\x11QuerySizeResponse\x12$\n\x05sizes\x18\x01 \x01(\x0b\x32\x15.memserve.v1.SizeInfo\x12\'\n\x06inputs\x18\x02 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12(\n\x07outputs\x18\x03 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12*\n\nplacements\x18\x04 \x03(\x0b\x32\x16.memserve.v1.Placement\x12\x11\n\tpeak_step\x18\x05 \x01(\r\x12\r\n\x05steps\x18\x06 \x01(\r\"^\n\tPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x12\n\nfirst_step\x18\x04 \x01(\r\x12\x11\n\tlast_step\x18\x05 \x01(\r\"/\n\x08ModelRef\x12\x0c\n\x02id\x18\x01 \x01(\rH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x05\n\x03ref\"Y\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.memserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8d\x01\n\x0e\x45xecuteRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.memserve.v1.ModelRef\x12#\n\x06inputs\x18\x02 \x03(\x0b\x32\x13.memserve.v1.Tensor\x12\x10\n\x08priority\x18\x03 \x01(\r\x12\x12\n\ntimeout_us\x18\x04 \x01(\x04\x12\n\n\x02id\x18\x05 \x01(\t\"\x8c\x01\n\x0f\x45xecuteResponse\x12$\n\x07outputs\x18\x01 \x03(\x0b\x32\x13.memserve.v1.Tensor\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x12\n\ncompute_us\x18\x03 \x01(\x04\x12\n\n\x02id\x18\x04 \x01(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.memserve.v1.Error\"H\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63l_code\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"5\n\rUnloadRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.memserve.v1.ModelRef\"%\n\x0eUnloadResponse\x12\x13\n\x0b\x62ytes_freed\x18\x01 \x01(\x04\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.memserve.v1.ModelInfo\"\x18\n\x16GetDeviceStatusRequest\";\n\tUsedBytes\x12\x0f\n\x07weights\x18\x01 \x01(\x04\x12\x11\n\tworkspace\x18\x02 \x01(\x04\x12\n\n\x02io\x18\x03 \x01(\x04\"z\n\rWorkspaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\tmodel_ids\x18\x03 \x03(\r\x12\x12\n\nexecutions\x18\x04 \x01(\x04\x12\x16\n\x0emax_concurrent\x18\x05 \x01(\r\x12\x0e\n\x06queued\x18\x06 \x01(\r\"T\n\x0fWeightBlockInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08refcount\x18\x03 \x01(\r\x12\x11\n\tmodel_ids\x18\x04 \x03(\r\"\xdf\x01\n\x0c\x44\x65viceStatus\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0c\n\x04used\x18\x04 \x01(\x04\x12,\n\x0cused_by_kind\x18\x05 \x01(\x0b\x32\x16.memserve.v1.UsedBytes\x12.\n\nworkspaces\x18\x06 \x03(\x0b\x32\x1a.memserve.v1.WorkspaceInfo\x12\x33\n\rweight_blocks\x18\x07 \x03(\x0b\x32\x1c.memserve.v1.WeightBlockInfo*\xb0\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT64\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05INT16\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\t\n\x05UINT8\x10\x08\x12\n\n\x06UINT16\x10\t\x12\n\n\x06UINT32\x10\n\x12\n\n\x06UINT64\x10\x0b\x12\x08\n\x04\x42OOL\x10\x0c\x32\xcd\x04\n\x08Memserve\x12=\n\x04Load\x12\x18.memserve.v1.LoadRequest\x1a\x19.memserve.v1.LoadResponse(\x01\x12G\n\tQuerySize\x12\x18.memserve.v1.LoadRequest\x1a\x1e.memserve.v1.QuerySizeResponse(\x01\x12\x44\n\x07\x45xecute\x12\x1b.memserve.v1.ExecuteRequest\x1a\x1c.memserve.v1.ExecuteResponse\x12N\n\rExecuteStream\x12\x1b.memserve.v1.ExecuteRequest\x1a\x1c.memserve.v1.ExecuteResponse(\x01\x30\x01\x12\x41\n\x06Unload\x12\x1a.memserve.v1.UnloadRequest\x1a\x1b.memserve.v1.UnloadResponse\x12>\n\rDescribeModel\x12\x15.memserve.v1.ModelRef\x1a\x16.memserve.v1.ModelInfo\x12M\n\nListModels\x12\x1e.memserve.v1.ListModelsRequest\x1a\x1f.memserve.v1.ListModelsResponse\x12Q\n\x0fGetDeviceStatus\x12#.memserve.v1.GetDeviceStatusRequest\x1a\x19.memserve.v1.DeviceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memserve_api/pb/memserve/v1/memserve.proto\x12\x0bmemserve.v1\"\x15\n\x05Shape\x12\x0c\n\x04\x64ims\x18\x01 \x03(\x03\"\xa6\x02\n\x0bLoadOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\r\x12?\n\x0cinput_shapes\x18\x04 \x03(\x0b\x32).memserve.v1.LoadOptions.InputShapesEntry\x12\x11\n\tinstances\x18\x05 \x01(\r\x12\x0f\n\x07replace\x18\x06 \x01(\x08\x12\x36\n\x10\x64ynamic_batching\x18\x07 \x01(\x0b\x32\x1c.memserve.v1.DynamicBatching\x1a\x46\n\x10InputShapesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.memserve.v1.Shape:\x02\x38\x01\"]\n\x0f\x44ynamicBatching\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\r\"S\n\x0bLoadRequest\x12+\n\x07options\x18\x01 \x01(\x0b\x32\x18.memserve.v1.LoadOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x08SizeInfo\x12\x11\n\twork_size\x18\x01 \x01(\x04\x12\x13\n\x0bweight_size\x18\x02 \x01(\x04\x12\x18\n\x10work_lower_bound\x18\x03 \x01(\x04\"b\n\nTensorDesc\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.memserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\tmax_shape\x18\x04 \x03(\x03\"\xa7\x02\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05sizes\x18\x03 \x01(\x0b\x32\x15.memserve.v1.SizeInfo\x12\'\n\x06inputs\x18\x04 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12(\n\x07outputs\x18\x05 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12\x11\n\tworkspace\x18\x06 \x01(\t\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x15\n\rweight_digest\x18\x08 \x01(\t\x12\x12\n\nworkspaces\x18\t \x03(\t\x12\x36\n\x10\x64ynamic_batching\x18\n \x01(\x0b\x32\x1c.memserve.v1.DynamicBatching\"q\n\x0cLoadResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.memserve.v1.ModelInfo\x12\x14\n\x0cload_time_us\x18\x02 \x01(\x04\x12\x16\n\x0eweights_shared\x18\x03 \x01(\x08\x12\x0c\n\x04note\x18\x04 \x01(\t\"\xda\x01\n\x11QuerySizeResponse\x12$\n\x05sizes\x18\x01 \x01(\x0b\x32\x15.memserve.v1.SizeInfo\x12\'\n\x06inputs\x18\x02 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12(\n\x07outputs\x18\x03 \x03(\x0b\x32\x17.memserve.v1.TensorDesc\x12*\n\nplacements\x18\x04 \x03(\x0b\x32\x16.memserve.v1.Placement\x12\x11\n\tpeak_step\x18\x05 \x01(\r\x12\r\n\x05steps\x18\x06 \x01(\r\"^\n\tPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x12\n\nfirst_step\x18\x04 \x01(\r\x12\x11\n\tlast_step\x18\x05 \x01(\r\"/\n\x08ModelRef\x12\x0c\n\x02id\x18\x01 \x01(\rH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x05\n\x03ref\"Y\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.memserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8d\x01\n\x0e\x45xecuteRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.memserve.v1.ModelRef\x12#\n\x06inputs\x18\x02 \x03(\x0b\x32\x13.memserve.v1.Tensor\x12\x10\n\x08priority\x18\x03 \x01(\r\x12\x12\n\ntimeout_us\x18\x04 \x01(\x04\x12\n\n\x02id\x18\x05 \x01(\t\"\x8c\x01\n\x0f\x45xecuteResponse\x12$\n\x07outputs\x18\x01 \x03(\x0b\x32\x13.memserve.v1.Tensor\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x12\n\ncompute_us\x18\x03 \x01(\x04\x12\n\n\x02id\x18\x04 \x01(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.memserve.v1.Error\"H\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63l_code\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"5\n\rUnloadRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.memserve.v1.ModelRef\"%\n\x0eUnloadResponse\x12\x13\n\x0b\x62ytes_freed\x18\x01 \x01(\x04\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.memserve.v1.ModelInfo\"\x18\n\x16GetDeviceStatusRequest\";\n\tUsedBytes\x12\x0f\n\x07weights\x18\x01 \x01(\x04\x12\x11\n\tworkspace\x18\x02 \x01(\x04\x12\n\n\x02io\x18\x03 \x01(\x04\"z\n\rWorkspaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\tmodel_ids\x18\x03 \x03(\r\x12\x12\n\nexecutions\x18\x04 \x01(\x04\x12\x16\n\x0emax_concurrent\x18\x05 \x01(\r\x12\x0e\n\x06queued\x18\x06 \x01(\r\"T\n\x0fWeightBlockInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08refcount\x18\x03 \x01(\r\x12\x11\n\tmodel_ids\x18\x04 \x03(\r\"\xdf\x01\n\x0c\x44\x65viceStatus\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0c\n\x04used\x18\x04 \x01(\x04\x12,\n\x0cused_by_kind\x18\x05 \x01(\x0b\x32\x16.memserve.v1.UsedBytes\x12.\n\nworkspaces\x18\x06 \x03(\x0b\x32\x1a.memserve.v1.WorkspaceInfo\x12\x33\n\rweight_blocks\x18\x07 \x03(\x0b\x32\x1c.memserve.v1.WeightBlockInfo*\xb0\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT64\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05INT16\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\t\n\x05UINT8\x10\x08\x12\n\n\x06UINT16\x10\t\x12\n\n\x06UINT32\x10\n\x12\n\n\x06UINT64\x10\x0b\x12\x08\n\x04\x42OOL\x10\x0c\x32\xcd\x04\n\x08Memserve\x12=\n\x04Load\x12\x18.memserve.v1.LoadRequest\x1a\x19.memserve.v1.LoadResponse(\x01\x12G\n\tQuerySize\x12\x18.memserve.v1.LoadRequest\x1a\x1e.memserve.v1.QuerySizeResponse(\x01\x12\x44\n\x07\x45xecute\x12\x1b.memserve.v1.ExecuteRequest\x1a\x1c.memserve.v1.ExecuteResponse\x12N\n\rExecuteStream\x12\x1b.memserve.v1.ExecuteRequest\x1a\x1c.memserve.v1.ExecuteResponse(\x01\x30\x01\x12\x41\n\x06Unload\x12\x1a.memserve.v1.UnloadRequest\x1a\x1b.memserve.v1.UnloadResponse\x12>\n\rDescribeModel\x12\x15.memserve.v1.ModelRef\x1a\x16.memserve.v1.ModelInfo\x12M\n\nListModels\x12\x1e.memserve.v1.ListModelsRequest\x1a\x1f.memserve.v1.ListModelsResponse\x12Q\n\x0fGetDeviceStatus\x12#.memserve.v1.GetDeviceStatusRequest\x1a\x19.memserve.v1.DeviceStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOADOPTIONS_INPUTSHAPESENTRY']._loaded_options = None
   _globals['_LOADOPTIONS_INPUTSHAPESENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=2650
-  _globals['_DATATYPE']._serialized_end=2826
+  _globals['_DATATYPE']._serialized_start=2669
+  _globals['_DATATYPE']._serialized_end=2845
   _globals['_SHAPE']._serialized_start=59
   _globals['_SHAPE']._serialized_end=80
   _globals['_LOADOPTIONS']._serialized_start=83
@@ -48,43 +48,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIZEINFO']._serialized_start=559
   _globals['_SIZEINFO']._serialized_end=635
   _globals['_TENSORDESC']._serialized_start=637
-  _globals['_TENSORDESC']._serialized_end=716
-  _globals['_MODELINFO']._serialized_start=719
-  _globals['_MODELINFO']._serialized_end=1014
-  _globals['_LOADRESPONSE']._serialized_start=1016
-  _globals['_LOADRESPONSE']._serialized_end=1129
-  _globals['_QUERYSIZERESPONSE']._serialized_start=1132
-  _globals['_QUERYSIZERESPONSE']._serialized_end=1350
-  _globals['_PLACEMENT']._serialized_start=1352
-  _globals['_PLACEMENT']._serialized_end=1446
-  _globals['_MODELREF']._serialized_start=1448
-  _globals['_MODELREF']._serialized_end=1495
-  _globals['_TENSOR']._serialized_start=1497
-  _globals['_TENSOR']._serialized_end=1586
-  _globals['_EXECUTEREQUEST']._serialized_start=1589
-  _globals['_EXECUTEREQUEST']._serialized_end=1730
-  _globals['_EXECUTERESPONSE']._serialized_start=1733
-  _globals['_EXECUTERESPONSE']._serialized_end=1873
-  _globals['_ERROR']._serialized_start=1875
-  _globals['_ERROR']._serialized_end=1947
-  _globals['_UNLOADREQUEST']._serialized_start=1949
-  _globals['_UNLOADREQUEST']._serialized_end=2002
-  _globals['_UNLOADRESPONSE']._serialized_start=2004
-  _globals['_UNLOADRESPONSE']._serialized_end=2041
-  _globals['_LISTMODELSREQUEST']._serialized_start=2043
-  _globals['_LISTMODELSREQUEST']._serialized_end=2062
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2064
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2124
-  _globals['_GETDEVICESTATUSREQUEST']._serialized_start=2126
-  _globals['_GETDEVICESTATUSREQUEST']._serialized_end=2150
-  _globals['_USEDBYTES']._serialized_start=2152
-  _globals['_USEDBYTES']._serialized_end=2211
-  _globals['_WORKSPACEINFO']._serialized_start=2213
-  _globals['_WORKSPACEINFO']._serialized_end=2335
-  _globals['_WEIGHTBLOCKINFO']._serialized_start=2337
-  _globals['_WEIGHTBLOCKINFO']._serialized_end=2421
-  _globals['_DEVICESTATUS']._serialized_start=2424
-  _globals['_DEVICESTATUS']._serialized_end=2647
-  _globals['_MEMSERVE']._serialized_start=2829
-  _globals['_MEMSERVE']._serialized_end=3418
+  _globals['_TENSORDESC']._serialized_end=735
+  _globals['_MODELINFO']._serialized_start=738
+  _globals['_MODELINFO']._serialized_end=1033
+  _globals['_LOADRESPONSE']._serialized_start=1035
+  _globals['_LOADRESPONSE']._serialized_end=1148
+  _globals['_QUERYSIZERESPONSE']._serialized_start=1151
+  _globals['_QUERYSIZERESPONSE']._serialized_end=1369
+  _globals['_PLACEMENT']._serialized_start=1371
+  _globals['_PLACEMENT']._serialized_end=1465
+  _globals['_MODELREF']._serialized_start=1467
+  _globals['_MODELREF']._serialized_end=1514
+  _globals['_TENSOR']._serialized_start=1516
+  _globals['_TENSOR']._serialized_end=1605
+  _globals['_EXECUTEREQUEST']._serialized_start=1608
+  _globals['_EXECUTEREQUEST']._serialized_end=1749
+  _globals['_EXECUTERESPONSE']._serialized_start=1752
+  _globals['_EXECUTERESPONSE']._serialized_end=1892
+  _globals['_ERROR']._serialized_start=1894
+  _globals['_ERROR']._serialized_end=1966
+  _globals['_UNLOADREQUEST']._serialized_start=1968
+  _globals['_UNLOADREQUEST']._serialized_end=2021
+  _globals['_UNLOADRESPONSE']._serialized_start=2023
+  _globals['_UNLOADRESPONSE']._serialized_end=2060
+  _globals['_LISTMODELSREQUEST']._serialized_start=2062
+  _globals['_LISTMODELSREQUEST']._serialized_end=2081
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2083
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2143
+  _globals['_GETDEVICESTATUSREQUEST']._serialized_start=2145
+  _globals['_GETDEVICESTATUSREQUEST']._serialized_end=2169
+  _globals['_USEDBYTES']._serialized_start=2171
+  _globals['_USEDBYTES']._serialized_end=2230
+  _globals['_WORKSPACEINFO']._serialized_start=2232
+  _globals['_WORKSPACEINFO']._serialized_end=2354
+  _globals['_WEIGHTBLOCKINFO']._serialized_start=2356
+  _globals['_WEIGHTBLOCKINFO']._serialized_end=2440
+  _globals['_DEVICESTATUS']._serialized_start=2443
+  _globals['_DEVICESTATUS']._serialized_end=2666
+  _globals['_MEMSERVE']._serialized_start=2848
+  _globals['_MEMSERVE']._serialized_end=3437
 # @@protoc_insertion_point(module_scope)
