@@ -1,14 +1,19 @@
 """ONNX backend node tests through memserve's compile and execute.
 
-    python -m tests.conformance.run [--filter SUBSTRING] [--markdown FILE] [-v]
+    python -m tests.conformance.run [--filter SUBSTRING] [--markdown FILE] [--target HOST:PORT] [-v]
 
 Each case of `onnx.backend.test.loader.load_model_tests(kind="node")` whose
-ops memserve implements is loaded into an in-process registry (the daemon's
-own load and execute path), run on the case's inputs, and compared with its
-expected outputs at the case's tolerances. Inputs that the model uses as
-plan-time parameters (a Reshape's shape, a Slice's starts, ...) are frozen
-into initializers with the case's values, as a static memory plan needs
-them known at load; a serving user exports them as constants.
+ops memserve implements is loaded, run on the case's inputs, and compared
+with its expected outputs at the case's tolerances. Two modes:
+
+- frozen (the default): in an in-process registry (the daemon's own load
+  and execute path), with the inputs that the model uses as plan-time
+  parameters (a Reshape's shape, a Slice's starts, ...) frozen into
+  initializers with the case's values, as a user serving such a model
+  exports them as constants;
+- public (`--target`, and `memserve-public` in the markdown): through a
+  running daemon's gRPC API with the memserve client (load, execute,
+  unload), every input of the case a graph input, as the test wrote it.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from memserve.device import CpuDevice
-from memserve.errors import MemserveError, UnsupportedModel
+from memserve.errors import UnsupportedModel
 from memserve.kernels import lookup
 from memserve.registry import LoadOptions, Registry
 
@@ -54,6 +59,8 @@ def case_ops(model: onnx.ModelProto) -> list[str]:
 
 def unsupported_reason(model: onnx.ModelProto) -> str:
     for n in model.graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            continue  # folded into a weight when the model loads (model/onnx_import.py)
         if lookup(n.domain, n.op_type) is None:
             return f"op {n.op_type} is not implemented"
     for v in list(model.graph.input) + list(model.graph.output):
@@ -85,7 +92,50 @@ def as_array(v) -> np.ndarray:
     return numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else np.asarray(v)
 
 
-def run_case(reg: Registry, case) -> Result:
+class Local:
+    """The daemon's load and execute path, in process."""
+
+    def __init__(self) -> None:
+        self.reg = Registry(CpuDevice(4 << 30))
+
+    def run(self, model: bytes, feeds: dict[str, np.ndarray], shapes: dict) -> list[np.ndarray]:
+        m = self.reg.load(model, LoadOptions(name="case", input_shapes=shapes))
+        try:
+            got = self.reg.execute(m.id, feeds).outputs
+        finally:
+            self.reg.unload(m.id)
+        return [np.frombuffer(o.data, o.dtype).reshape(o.shape) for o in got]
+
+    def close(self) -> None:
+        self.reg.close()
+
+
+class Remote:
+    """A running daemon's public API, through the memserve client."""
+
+    def __init__(self, target: str) -> None:
+        from memserve_client import Client
+
+        self.client = Client(target, timeout=120)
+
+    def run(self, model: bytes, feeds: dict[str, np.ndarray], shapes: dict) -> list[np.ndarray]:
+        m = self.client.load(model, name="case", input_shapes=shapes)
+        try:
+            out = self.client.execute(m, feeds)
+        finally:
+            self.client.unload(m)
+        return [out[spec.name] for spec in m.outputs]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _refused(exc: Exception) -> bool:
+    """An UNSUPPORTED refusal: memserve's own exception in process, its reason over gRPC."""
+    return isinstance(exc, UnsupportedModel) or getattr(exc, "reason", "") == "UNSUPPORTED"
+
+
+def run_case(runner, case, freeze: bool = True) -> Result:
     ops = case_ops(case.model)
     reason = unsupported_reason(case.model)
     if reason:
@@ -94,43 +144,45 @@ def run_case(reg: Registry, case) -> Result:
         for inputs, expected in case.data_sets:
             names = [v.name for v in case.model.graph.input]
             feeds = {n: as_array(v) for n, v in zip(names, inputs)}
-            model = freeze_parameters(case.model, feeds)
+            model = freeze_parameters(case.model, feeds) if freeze else case.model
             live = {v.name for v in model.graph.input} - {i.name for i in model.graph.initializer}
             feeds = {k: v for k, v in feeds.items() if k in live}
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-            m = reg.load(model.SerializeToString(), LoadOptions(name="case", input_shapes=shapes))
-            try:
-                got = reg.execute(m.id, feeds).outputs
-            finally:
-                reg.unload(m.id)
+            got = runner.run(model.SerializeToString(), feeds, shapes)
             for out, want in zip(got, expected):
                 want = as_array(want)
-                value = np.frombuffer(out.data, out.dtype).reshape(out.shape)
-                if value.shape != want.shape or value.dtype != want.dtype:
-                    raise AssertionError(f"{out.name}: got {value.dtype}{list(value.shape)}, "
-                                         f"want {want.dtype}{list(want.shape)}")
-                np.testing.assert_allclose(value, want, rtol=case.rtol, atol=case.atol, equal_nan=True)
-    except UnsupportedModel as exc:
-        return Result(case.name, ops, "unsupported", exc.message)
-    except (MemserveError, AssertionError, ValueError, TypeError, IndexError, KeyError) as exc:
-        msg = exc.message if isinstance(exc, MemserveError) else f"{type(exc).__name__}: {exc}"
+                if out.shape != want.shape or out.dtype != want.dtype:
+                    raise AssertionError(f"got {out.dtype}{list(out.shape)}, want {want.dtype}{list(want.shape)}")
+                np.testing.assert_allclose(out, want, rtol=case.rtol, atol=case.atol, equal_nan=True)
+    except Exception as exc:  # noqa: BLE001 - every outcome of a case is recorded, none stops the run
+        if _refused(exc):
+            return Result(case.name, ops, "unsupported", getattr(exc, "message", str(exc)))
+        msg = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         return Result(case.name, ops, "failed", re.sub(r"\s+", " ", msg)[:300])
     return Result(case.name, ops, "passed")
 
 
-def run_all(name_filter: str = "") -> list[Result]:
-    reg = Registry(CpuDevice(4 << 30))
+def run_all(name_filter: str = "", target: str | None = None) -> list[Result]:
+    """Frozen in process, or public (no freezing) through the daemon at `target`."""
+    runner = Remote(target) if target else Local()
     try:
         with np.errstate(all="ignore"):
-            return [run_case(reg, c) for c in load_cases() if name_filter in c.name]
+            return [run_case(runner, c, freeze=target is None) for c in load_cases() if name_filter in c.name]
     finally:
-        reg.close()
+        runner.close()
+
+
+def in_scope(r: Result) -> bool:
+    """A case whose ops memserve implements (and whose inputs and outputs are tensors)."""
+    return not (r.status == "unsupported" and (r.reason.startswith("op ") or "is not a tensor" in r.reason))
 
 
 def summary(results: list[Result]) -> str:
     count = collections.Counter(r.status for r in results)
+    scope = [r for r in results if in_scope(r)]
     return (f"node tests: {count['passed']} passed, {count['failed']} failed, "
-            f"{count['unsupported']} unsupported of {len(results)}")
+            f"{count['unsupported']} unsupported of {len(results)}; "
+            f"{sum(r.status == 'passed' for r in scope)} passed of the {len(scope)} whose ops memserve implements")
 
 
 def per_op_table(results: list[Result]) -> list[tuple[str, int, int, int]]:
@@ -141,11 +193,23 @@ def per_op_table(results: list[Result]) -> list[tuple[str, int, int, int]]:
     return [(op, c["passed"], c["failed"], c["unsupported"]) for op, c in sorted(table.items())]
 
 
-def markdown(results: list[Result]) -> str:
+def markdown(results: list[Result], public: list[Result] | None = None) -> str:
     lines = ["# ONNX backend node tests", "",
-             "Made by `python -m tests.conformance.run --markdown docs/conformance.md` (onnx "
-             f"{onnx.__version__}); `tests/conformance/test_node_tests.py` runs the same cases in CI.",
-             "", "```", summary(results), "```", "",
+             "Made by `python -m tests.conformance.run --target HOST:PORT --markdown docs/conformance.md` against "
+             f"`memserved --device-memory 4GiB` (onnx {onnx.__version__}); `tests/conformance/test_node_tests.py` "
+             "runs both modes in CI.", "",
+             "Frozen (in process; inputs that are plan-time parameters frozen into initializers):", "",
+             "```", summary(results), "```", ""]
+    if public is not None:
+        lines += ["Public (through the daemon's gRPC API with the memserve client; every input of the case a",
+                  "graph input, as the test wrote it):", "", "```", summary(public), "```", ""]
+        refused = collections.Counter(re.sub(r"'[^']*'", "'...'", r.reason.split(";")[0])[:160]
+                                      for r in public if r.status == "unsupported" and in_scope(r))
+        lines += ["Why the public mode refuses cases whose ops memserve implements:", "",
+                  "| reason | cases |", "|---|---|"]
+        lines += [f"| {reason} | {n} |" for reason, n in refused.most_common()]
+        lines.append("")
+    lines += [
              "A case is unsupported when it uses an op memserve does not implement, or a feature of an",
              "implemented op that is refused at load with a clear error (reasons below). The last column",
              "counts the unsupported cases the op appears in, whatever made them unsupported.", "",
@@ -168,9 +232,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--filter", default="")
     ap.add_argument("--markdown")
+    ap.add_argument("--target", help="a running memserved: the public mode, no input frozen")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     results = run_all(a.filter)
+    public = run_all(a.filter, a.target) if a.target else None
     if a.verbose:
         for r in results:
             if r.status != "unsupported" or not r.reason.startswith("op "):
@@ -179,10 +245,12 @@ def main() -> None:
     for op, p, f, u in per_op_table(results):
         if p or f:
             print(f"{op:<36} {p:>7} {f:>7} {u:>7}")
-    print(summary(results))
+    print("frozen:", summary(results))
+    if public is not None:
+        print("public:", summary(public))
     if a.markdown:
         with open(a.markdown, "w") as fh:
-            fh.write(markdown(results))
+            fh.write(markdown(results, public))
 
 
 if __name__ == "__main__":
