@@ -12,6 +12,9 @@ model loads (jit.py). An `alias`
 op's single output is a view of its first input and costs no memory.
 `const_inputs` are the inputs that must be known when the model loads (a
 Reshape's target shape): kernels read them from the infos at build time.
+`value_inputs`, a subset, are those whose value never changes a shape (Clip's
+bounds, Trilu's k, CumSum's axis): when one is a graph input, the model still
+loads, and the kernel reads its value on each request.
 `inplace` names the inputs a kernel may overwrite with its output (when the
 input has the output's shape and dtype and dies at this step).
 
@@ -76,6 +79,7 @@ class OpDef:
     scratch: ScratchFn | None = None
     alias: bool = False
     const_inputs: tuple[int, ...] = ()
+    value_inputs: tuple[int, ...] = ()  # const_inputs that may instead arrive with each request
     inplace: tuple[int, ...] = ()  # inputs whose bytes the output may reuse when they die here
     compiled: tuple[Compiled, ...] = ()  # the numba kernels `build`'s functions call (jit.py)
 

@@ -277,16 +277,30 @@ def _clip_bounds(node, ins):
                  for k in (1, 2))
 
 
+def _clip_infer(node, ins):
+    for k in (1, 2):
+        if len(ins) > k and ins[k] is not None and math.prod(ins[k].shape) != 1:
+            raise InvalidArgument(f"node {node.name!r} (Clip): {('min', 'max')[k - 1]} must be one value, "
+                                  f"got shape {ins[k].shape}")
+    return _typed(_same_infer, NUMERIC)(node, ins)
+
+
 def _build_clip(node, ins, outs):
     lo, hi = _clip_bounds(node, ins)
+    # A bound that is a graph input is read from each request (value_inputs).
+    late = [k for k in (1, 2) if node.opset >= 11 and len(ins) > k and ins[k] is not None and ins[k].value is None]
 
     def run(i, o):
-        if lo is None and hi is None:
+        a, b = lo, hi
+        if late:
+            a = i[1].reshape(()) if 1 in late else a
+            b = i[2].reshape(()) if 2 in late else b
+        if a is None and b is None:
             np.copyto(o[0], i[0])
         else:
-            np.clip(i[0], lo, hi, out=o[0])
+            np.clip(i[0], a, b, out=o[0])
 
     return run
 
 
-register(OpDef("Clip", _typed(_same_infer, NUMERIC), _build_clip, const_inputs=(1, 2), inplace=(0,)))
+register(OpDef("Clip", _clip_infer, _build_clip, const_inputs=(1, 2), value_inputs=(1, 2), inplace=(0,)))

@@ -248,11 +248,13 @@ def _build_onehot(node, ins, outs):
 
 # -- CumSum -------------------------------------------------------------------------------------------
 
-def _cumsum_axis(node: Node, ins) -> int:
-    axes = ints(ins[1])
-    if len(axes) != 1:
-        raise _fail(node, f"axis must be one value, got {len(axes)}")
-    return norm_axis(node, axes[0], len(ins[0].shape))
+def _cumsum_axis(node: Node, ins) -> int | None:
+    """The axis, or None when it arrives with each request (a graph input: value_inputs)."""
+    if math.prod(ins[1].shape) != 1:
+        raise _fail(node, f"axis must be one value, got shape {ins[1].shape}")
+    if ins[1].value is None:
+        return None
+    return norm_axis(node, ints(ins[1])[0], len(ins[0].shape))
 
 
 def _cumsum_infer(node, ins):
@@ -261,14 +263,17 @@ def _cumsum_infer(node, ins):
 
 
 def _build_cumsum(node, ins, outs):
-    axis = _cumsum_axis(node, ins)
+    known = _cumsum_axis(node, ins)
     reverse, exclusive = node.attrs.get("reverse", 0), node.attrs.get("exclusive", 0)
-    n = ins[0].shape[axis]
-
-    def flip(a):
-        return np.flip(a, axis) if reverse else a
+    rank = len(ins[0].shape)
 
     def run(i, o):
+        axis = known if known is not None else norm_axis(node, int(i[1].reshape(())), rank)
+        n = o[0].shape[axis]
+
+        def flip(a):
+            return np.flip(a, axis) if reverse else a
+
         y = flip(o[0])
         if not exclusive:
             np.cumsum(flip(i[0]), axis=axis, dtype=y.dtype, out=y)
@@ -342,6 +347,6 @@ register(OpDef("GatherND", _gather_nd_infer, _build_gather_nd))
 register(OpDef("ScatterND", _scatter_nd_infer, _build_scatter_nd))
 register(OpDef("TopK", _topk_infer, _build_topk, const_inputs=(1,)))
 register(OpDef("OneHot", _onehot_infer, _build_onehot, const_inputs=(1,)))
-register(OpDef("CumSum", _cumsum_infer, _build_cumsum, const_inputs=(1,)))
+register(OpDef("CumSum", _cumsum_infer, _build_cumsum, const_inputs=(1,), value_inputs=(1,)))
 register(OpDef("DepthToSpace", _d2s_infer, _build_d2s))
 register(OpDef("SpaceToDepth", _s2d_infer, _build_s2d))

@@ -484,6 +484,18 @@ def _trilu_mask(node, ins, shape) -> np.ndarray:
 
 
 def _build_trilu(node, ins, outs):
+    if len(ins) > 1 and ins[1] is not None and ins[1].value is None:  # k arrives with each request
+        if count(ins[1].shape) != 1:
+            raise InvalidArgument(f"node {node.name!r} (Trilu): k must be one value, got shape {ins[1].shape}")
+        rows, cols = ins[0].shape[-2:]
+        tri = np.triu if node.attrs.get("upper", 1) else np.tril
+
+        def late(i, o):
+            o[0].fill(0)
+            k = int(np.clip(i[1].reshape(()), -rows - cols, rows + cols))  # beyond the matrix: all or nothing
+            np.copyto(o[0], i[0], where=tri(np.ones((rows, cols), bool), k))
+
+        return late
     mask = _trilu_mask(node, ins, ins[0].shape)
 
     def run(i, o):
@@ -522,6 +534,6 @@ register(OpDef("Expand", _expand_infer, _copy_kernel(lambda node, x, shape: x), 
 register(OpDef("Tile", _tile_infer, _build_tile, const_inputs=(1,)))
 register(OpDef("Pad", _pad_infer, _build_pad, const_inputs=(1, 2, 3)))
 register(OpDef("Where", _where_infer, _build_where))
-register(OpDef("Trilu", _same, _build_trilu, const_inputs=(1,)))
+register(OpDef("Trilu", _same, _build_trilu, const_inputs=(1,), value_inputs=(1,)))
 register(OpDef("Cast", _cast_infer, _build_cast))
 register(OpDef("CastLike", _cast_infer, _build_cast))

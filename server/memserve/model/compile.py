@@ -261,7 +261,7 @@ class _Walk:
     def _visit(self, node: Node, op: OpDef, batched: bool) -> str:
         ins = [self.infos[n] if n else None for n in node.inputs]
         for k in op.const_inputs:
-            if k < len(ins) and ins[k] is not None and ins[k].value is None:
+            if k < len(ins) and ins[k] is not None and ins[k].value is None and k not in op.value_inputs:
                 raise UnsupportedModel(
                     f"node {node.name!r} ({node.op_type}): input {node.inputs[k]!r} must be known when the "
                     "model loads (an initializer, or computed from weights and shapes)")
