@@ -59,7 +59,7 @@ class _Chainer(Rewriter):
         self.walk.nodes = [n for k, n in enumerate(self.walk.nodes) if k not in self.dropped]
 
     def _chain_from(self, k: int, first: Node) -> None:
-        out = self.walk.infos[first.outputs[0]] if first.outputs else None
+        out = self.walk.infos.get(first.outputs[0]) if first.outputs else None  # "" : an output left out
         if out is None or out.dtype not in FLOATS:
             return
         prog, members, value = _Program(), [], None
