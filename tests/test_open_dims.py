@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from memserve.device import CpuDevice
@@ -247,3 +249,40 @@ def test_the_cli_loads_with_maxima_shows_them_and_infers_at_them(daemon, client,
     out = cli("load", str(path), "--name", "relu", "--input-shape", "x=4,16")
     assert "input:       x float32 [N, <=16]" in out and "output:      y float32 [N, <=16]" in out
     assert cli("infer", "relu", "--random", "--batch", "2").startswith("y: float32 [2, 16]")
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(shape=st.lists(st.integers(0, 40), min_size=0, max_size=4), seq2=st.integers(0, 40))
+def test_fuzz_request_shapes_are_answered_or_refused_cleanly(shape, seq2):
+    """Any request shape: a result of that shape within the maxima, else InputMismatch; never a crash,
+    never an output of a shape the request did not ask for."""
+    reg = _fuzz_registry()
+    x = np.ones(shape, np.float32)
+    mask = np.ones(shape[:1] + [seq2] + shape[2:3], np.float32) if len(shape) == 3 else np.ones(shape, np.float32)
+    try:
+        out = reg.execute("fz", {"ids": x, "mask": mask}).outputs[0]
+    except InputMismatch as exc:
+        assert "input" in exc.message or "inputs disagree" in exc.message
+        return
+    assert len(shape) == 3 and 1 <= shape[0] <= 4 and 1 <= shape[1] <= 16 and shape[2] == 8 and seq2 == shape[1]
+    assert out.shape == tuple(shape) and np.frombuffer(out.data, np.float32).min() == 2.0
+
+
+_FUZZ: list[Registry] = []  # one registry for every example (Hypothesis runs them in one test call)
+
+
+def _fuzz_registry() -> Registry:
+    if not _FUZZ:
+        nodes = [helper.make_node("Add", ["ids", "mask"], ["y"])]
+        model = graph_model(nodes, [("ids", F32, ["N", "seq", 8]), ("mask", F32, ["N", "seq", 8])],
+                            [("y", F32, ["N", "seq", 8])])
+        r = Registry(CpuDevice(1 << 26))
+        r.load(model, LoadOptions(name="fz", input_shapes={"ids": (4, 16, 8)}))
+        _FUZZ.append(r)
+    return _FUZZ[0]
+
+
+def teardown_module():
+    for r in _FUZZ:
+        r.close()
+        assert r.device.used() == 0
