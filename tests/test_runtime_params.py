@@ -72,3 +72,72 @@ def test_a_bound_that_is_not_one_value_is_refused_at_load():
                         [("y", F, [6])])
     with pytest.raises(InvalidArgument, match="min must be one value"):
         compile_model(model)
+
+
+# -- parameters that shape tensors: planned with input_values, sent with each request ----------------
+
+def reshape_model():
+    return graph_model([helper.make_node("Reshape", ["x", "shape"], ["y"])],
+                       [("x", F, [6]), ("shape", I64, [2])], [("y", F, ["a", "b"])])
+
+
+def test_a_reshape_planned_with_input_values_runs_any_shape_that_fits(reg):
+    reg.load(reshape_model(), LoadOptions(name="m", input_values={"shape": np.array([2, 3], np.int64)}))
+    x = np.arange(6, dtype=np.float32)
+    for shape in ([3, 2], [-1, 2], [6, 1], [2, 3]):
+        out = reg.execute("m", {"x": x, "shape": np.array(shape, np.int64)}).outputs[0]
+        assert out.shape == x.reshape(shape).shape
+        np.testing.assert_array_equal(np.frombuffer(out.data, np.float32), x)
+    with pytest.raises(InvalidArgument, match="cannot reshape"):
+        reg.execute("m", {"x": x, "shape": np.array([4, 2], np.int64)})
+    with pytest.raises(InvalidArgument, match="cannot reshape|cannot run"):
+        reg.execute("m", {"x": x, "shape": np.array([-(1 << 62), 1 << 62], np.int64)})
+
+
+def test_a_parameter_whose_shapes_outgrow_the_plan_names_the_bound_to_raise(reg):
+    model = graph_model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
+                        [("x", F, [3, 5]), ("axes", I64, [1])], [("y", F, ["k"])], opset=18)
+    reg.load(model, LoadOptions(name="m", input_values={"axes": np.array([1], np.int64)}))  # y: 3 floats
+    x = np.ones((3, 5), np.float32)
+    assert reg.execute("m", {"x": x, "axes": np.array([-1], np.int64)}).outputs[0].shape == (3,)
+    with pytest.raises(InvalidArgument, match=r"grows to \(5,\).*larger max_batch, input_shapes or input_values"):
+        reg.execute("m", {"x": x, "axes": np.array([0], np.int64)})
+
+
+def test_a_range_limit_past_the_plan_is_refused_before_anything_is_allocated(reg):
+    nodes = [helper.make_node("Range", ["start", "limit", "delta"], ["r"]),
+             helper.make_node("Cast", ["r"], ["y"], to=F)]
+    scalar = lambda v: np.array(v, np.int64)  # noqa: E731
+    model = graph_model(nodes, [("start", I64, []), ("limit", I64, []), ("delta", I64, [])], [("y", F, ["n"])])
+    reg.load(model, LoadOptions(name="m", input_values={"start": scalar(0), "limit": scalar(10), "delta": scalar(1)}))
+    feeds = {"start": scalar(0), "limit": scalar(5), "delta": scalar(1)}
+    np.testing.assert_array_equal(np.frombuffer(reg.execute("m", feeds).outputs[0].data, np.float32), np.arange(5))
+    for limit in (11, 1 << 40):  # 2^40 elements would be 8 TB: refused from the shape, never computed
+        with pytest.raises(InvalidArgument, match="past its planned"):
+            reg.execute("m", {**feeds, "limit": scalar(limit)})
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"nope": np.array([2, 3], np.int64)}, "not inputs of the model"),
+    ({"shape": np.array([2, 3], np.int32)}, r"must be int64 \[2\] like the input"),
+    ({"shape": np.array([2, 3, 1], np.int64)}, r"must be int64 \[2\]"),
+    ({"shape": np.zeros(5000, np.int64)}, "at most 4096"),
+])
+def test_hostile_input_values_are_refused_at_load(reg, values, match):
+    opts = LoadOptions(name="m", input_values=values)
+    with pytest.raises(InvalidArgument, match=match):
+        reg.load(reshape_model(), opts)
+
+
+def test_input_values_over_grpc_and_through_a_restart(client):
+    from memserve.registry import LoadOptions as Options
+    from memserve.state import _options, _options_dict
+
+    m = client.load(reshape_model(), name="rs", input_values={"shape": np.array([2, 3], np.int64)})
+    out = client.execute(m, {"x": np.arange(6, dtype=np.float32), "shape": np.array([3, 2], np.int64)})
+    assert out["y"].shape == (3, 2)
+    client.unload(m)
+    saved = Options(name="rs", input_values={"shape": np.array([2, 3], np.int64)})
+    back = _options(__import__("json").loads(__import__("json").dumps(_options_dict(saved))))
+    np.testing.assert_array_equal(back.input_values["shape"], [2, 3])
+    assert back.input_values["shape"].dtype == np.int64

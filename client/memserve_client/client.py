@@ -183,11 +183,14 @@ class Client:
     def load(self, model: ModelSource, *, name: str | None = None, workspace: str = "private",
              max_batch: int | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
              instances: int = 1, replace: bool = False, batching: bool = False, max_queue_delay_us: int = 0,
-             preferred_batch_sizes: tuple[int, ...] = (), progress: Progress | None = None) -> Model:
+             preferred_batch_sizes: tuple[int, ...] = (), progress: Progress | None = None,
+             input_values: Mapping[str, np.ndarray] | None = None) -> Model:
         """workspace: 'private', 'shared:<group>' or 'auto'; instances: private workspaces sharing
         one weight copy; replace: take over `name` from the model that has it, without failing
-        requests; batching: merge queued requests into executions of up to max_batch rows."""
-        opts = _load_options(name, workspace, max_batch, input_shapes)
+        requests; batching: merge queued requests into executions of up to max_batch rows;
+        input_shapes: the largest size of each open input dimension; input_values: values to plan with
+        for inputs that feed shape parameters (requests still send them)."""
+        opts = _load_options(name, workspace, max_batch, input_shapes, input_values)
         opts.instances, opts.replace = instances, replace
         if batching or max_queue_delay_us or preferred_batch_sizes:
             opts.dynamic_batching.enabled = True
@@ -266,9 +269,12 @@ class Client:
         )
 
 
-def _load_options(name, workspace, max_batch, input_shapes) -> pb.LoadOptions:
-    return pb.LoadOptions(name=name or "", workspace=workspace, max_batch=max_batch or 0,
+def _load_options(name, workspace, max_batch, input_shapes, input_values=None) -> pb.LoadOptions:
+    opts = pb.LoadOptions(name=name or "", workspace=workspace, max_batch=max_batch or 0,
                           input_shapes={k: pb.Shape(dims=list(v)) for k, v in (input_shapes or {}).items()})
+    for k, v in (input_values or {}).items():
+        tensors.fill(opts.input_values[k], k, np.asarray(v))
+    return opts
 
 
 def _upload(opts: pb.LoadOptions, source: ModelSource, chunk: int, progress: Progress | None

@@ -51,9 +51,10 @@ class LoadOptions:
     instances: int = 1
     replace: bool = False
     batching: Batching | None = None
+    input_values: dict[str, np.ndarray] = field(default_factory=dict)  # to plan with: inputs feeding parameters
 
     def compile_options(self) -> CompileOptions:
-        return CompileOptions(self.max_batch, dict(self.input_shapes))
+        return CompileOptions(self.max_batch, dict(self.input_shapes), dict(self.input_values))
 
     def check(self) -> None:
         """Every option within its documented bound (limits.py), before any work is done."""
@@ -66,6 +67,12 @@ class LoadOptions:
             shape = limits.check_shape(f"input_shapes[{name[:64]!r}]", dims)
             if shape:
                 limits.check_range(f"input_shapes[{name[:64]!r}] batch", shape[0], 0, limits.MAX_BATCH)
+        if len(self.input_values) > limits.MAX_INPUT_VALUES:
+            raise InvalidArgument(f"at most {limits.MAX_INPUT_VALUES} input_values, got {len(self.input_values)}")
+        for name, value in self.input_values.items():
+            if value.size > limits.MAX_VALUE_ELEMENTS:
+                raise InvalidArgument(f"input_values[{name[:64]!r}] has {value.size} elements; at most "
+                                      f"{limits.MAX_VALUE_ELEMENTS} (values of shapes, axes, scales are small)")
         b = self.batching
         if b is not None:
             limits.check_range("max_queue_delay_us", b.max_queue_delay_us, 0, limits.MAX_QUEUE_DELAY_US)

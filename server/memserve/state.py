@@ -32,12 +32,15 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import re
 import stat
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from .registry import Batching, LoadOptions
 
@@ -49,6 +52,8 @@ _NEXT_ID = re.compile(rb"\s*[1-9][0-9]{0,17}\s*")
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few hundred bytes; a bigger file is not one
 _OPTION_FIELDS = {f.name for f in dataclasses.fields(LoadOptions)}
 _BATCHING_FIELDS = {f.name for f in dataclasses.fields(Batching)}
+_VALUE_TYPES = {"bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                "uint32", "uint64"}
 
 
 @dataclass
@@ -393,8 +398,28 @@ def _fsync_dir(path: pathlib.Path) -> None:
 def _options_dict(o: LoadOptions) -> dict:
     d = dataclasses.asdict(o)
     d["input_shapes"] = {k: list(v) for k, v in o.input_shapes.items()}
+    d["input_values"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape), "values": v.reshape(-1).tolist()}
+                         for k, v in o.input_values.items()}
     d["replace"] = False
     return d
+
+
+def _input_values(d) -> dict[str, np.ndarray]:
+    """Saved input_values back as arrays, each entry's type, shape and count checked (BadEntry if not)."""
+    if not isinstance(d, dict):
+        raise BadEntry(f"options.input_values {d!r:.80} is not an object")
+    values = {}
+    for name, e in d.items():
+        ok = isinstance(e, dict) and set(e) == {"dtype", "shape", "values"} and isinstance(e["values"], list) \
+            and isinstance(e["shape"], list) and all(_is_int(x) and x >= 0 for x in e["shape"]) \
+            and e["dtype"] in _VALUE_TYPES and len(e["values"]) == math.prod(e["shape"])
+        if not ok:
+            raise BadEntry(f"options.input_values[{name[:64]!r}] is not a dtype, shape and matching values")
+        try:
+            values[name] = np.array(e["values"], np.dtype(e["dtype"])).reshape(e["shape"])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BadEntry(f"options.input_values[{name[:64]!r}]: {exc}") from None
+    return values
 
 
 def _is_int(v) -> bool:
@@ -427,9 +452,10 @@ def _options(d) -> LoadOptions:
                 isinstance(sizes, list) and all(_is_int(x) and x >= 1 for x in sizes)):
             raise BadEntry(f"options.batching {batching!r} has a wrong type or a negative value")
         batching = Batching(delay, tuple(sizes))
-    fields = {k: v for k, v in d.items() if k not in ("input_shapes", "batching", "replace")}
+    fields = {k: v for k, v in d.items() if k not in ("input_shapes", "batching", "replace", "input_values")}
+    values = _input_values(d.get("input_values", {}))
     try:
         return LoadOptions(**fields, input_shapes={k: tuple(v) for k, v in shapes.items()}, replace=False,
-                           batching=batching)
+                           batching=batching, input_values=values)
     except (TypeError, ValueError) as exc:
         raise BadEntry(f"options are not LoadOptions: {exc}") from None

@@ -11,9 +11,10 @@ with its expected outputs at the case's tolerances. Two modes:
   parameters (a Reshape's shape, a Slice's starts, ...) frozen into
   initializers with the case's values, as a user serving such a model
   exports them as constants;
-- public (`--target`, and `memserve-public` in the markdown): through a
-  running daemon's gRPC API with the memserve client (load, execute,
-  unload), every input of the case a graph input, as the test wrote it.
+- public (`--target`): through a running daemon's gRPC API with the
+  memserve client (load, execute, unload), every input of the case a graph
+  input, as the test wrote it; inputs that feed shape parameters are given
+  to the load as `input_values` to plan with, and sent with the request.
 """
 from __future__ import annotations
 
@@ -69,14 +70,20 @@ def unsupported_reason(model: onnx.ModelProto) -> str:
     return ""
 
 
-def freeze_parameters(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """Turn graph inputs that feed plan-time parameters into initializers."""
-    frozen = set()
+def parameter_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> set[str]:
+    """Graph inputs that feed plan-time parameters (a Reshape's shape, ...)."""
+    found = set()
     for n in model.graph.node:
         op = lookup(n.domain, n.op_type)
         for k in op.const_inputs if op else ():
             if k < len(n.input) and n.input[k] in feeds:
-                frozen.add(n.input[k])
+                found.add(n.input[k])
+    return found
+
+
+def freeze_parameters(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Turn graph inputs that feed plan-time parameters into initializers."""
+    frozen = parameter_inputs(model, feeds)
     if not frozen:
         return model
     m = onnx.ModelProto()
@@ -98,8 +105,8 @@ class Local:
     def __init__(self) -> None:
         self.reg = Registry(CpuDevice(4 << 30))
 
-    def run(self, model: bytes, feeds: dict[str, np.ndarray], shapes: dict) -> list[np.ndarray]:
-        m = self.reg.load(model, LoadOptions(name="case", input_shapes=shapes))
+    def run(self, model: bytes, feeds: dict[str, np.ndarray], shapes: dict, values: dict) -> list[np.ndarray]:
+        m = self.reg.load(model, LoadOptions(name="case", input_shapes=shapes, input_values=values))
         try:
             got = self.reg.execute(m.id, feeds).outputs
         finally:
@@ -118,8 +125,8 @@ class Remote:
 
         self.client = Client(target, timeout=120)
 
-    def run(self, model: bytes, feeds: dict[str, np.ndarray], shapes: dict) -> list[np.ndarray]:
-        m = self.client.load(model, name="case", input_shapes=shapes)
+    def run(self, model: bytes, feeds: dict[str, np.ndarray], shapes: dict, values: dict) -> list[np.ndarray]:
+        m = self.client.load(model, name="case", input_shapes=shapes, input_values=values)
         try:
             out = self.client.execute(m, feeds)
         finally:
@@ -131,11 +138,13 @@ class Remote:
 
 
 def _refused(exc: Exception) -> bool:
-    """An UNSUPPORTED refusal: memserve's own exception in process, its reason over gRPC."""
-    return isinstance(exc, UnsupportedModel) or getattr(exc, "reason", "") == "UNSUPPORTED"
+    """An UNSUPPORTED refusal: memserve's own exception in process, its reason over gRPC, or the client
+    refusing to encode a type memserve does not compute with (bfloat16)."""
+    return isinstance(exc, UnsupportedModel) or getattr(exc, "reason", "") == "UNSUPPORTED" or (
+        isinstance(exc, ValueError) and str(exc).startswith("dtype ") and "is not supported" in str(exc))
 
 
-def run_case(runner, case, freeze: bool = True) -> Result:
+def run_case(runner, case, freeze: bool = True, plan_values: bool = True) -> Result:
     ops = case_ops(case.model)
     reason = unsupported_reason(case.model)
     if reason:
@@ -148,7 +157,9 @@ def run_case(runner, case, freeze: bool = True) -> Result:
             live = {v.name for v in model.graph.input} - {i.name for i in model.graph.initializer}
             feeds = {k: v for k, v in feeds.items() if k in live}
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-            got = runner.run(model.SerializeToString(), feeds, shapes)
+            # Public: parameter inputs stay inputs; the case's values are what the load plans with.
+            values = {k: feeds[k] for k in parameter_inputs(model, feeds)} if plan_values and not freeze else {}
+            got = runner.run(model.SerializeToString(), feeds, shapes, values)
             for out, want in zip(got, expected):
                 want = as_array(want)
                 if out.shape != want.shape or out.dtype != want.dtype:
@@ -162,12 +173,14 @@ def run_case(runner, case, freeze: bool = True) -> Result:
     return Result(case.name, ops, "passed")
 
 
-def run_all(name_filter: str = "", target: str | None = None) -> list[Result]:
-    """Frozen in process, or public (no freezing) through the daemon at `target`."""
+def run_all(name_filter: str = "", target: str | None = None, plan_values: bool = True) -> list[Result]:
+    """Frozen in process, or public (no freezing) through the daemon at `target`; `plan_values`: the load
+    gets the parameter inputs' values as input_values (without them, such a case is refused at load)."""
     runner = Remote(target) if target else Local()
     try:
         with np.errstate(all="ignore"):
-            return [run_case(runner, c, freeze=target is None) for c in load_cases() if name_filter in c.name]
+            return [run_case(runner, c, freeze=target is None, plan_values=plan_values)
+                    for c in load_cases() if name_filter in c.name]
     finally:
         runner.close()
 
@@ -193,7 +206,7 @@ def per_op_table(results: list[Result]) -> list[tuple[str, int, int, int]]:
     return [(op, c["passed"], c["failed"], c["unsupported"]) for op, c in sorted(table.items())]
 
 
-def markdown(results: list[Result], public: list[Result] | None = None) -> str:
+def markdown(results: list[Result], public: list[Result] | None = None, bare: list[Result] | None = None) -> str:
     lines = ["# ONNX backend node tests", "",
              "Made by `python -m tests.conformance.run --target HOST:PORT --markdown docs/conformance.md` against "
              f"`memserved --device-memory 4GiB` (onnx {onnx.__version__}); `tests/conformance/test_node_tests.py` "
@@ -202,7 +215,13 @@ def markdown(results: list[Result], public: list[Result] | None = None) -> str:
              "```", summary(results), "```", ""]
     if public is not None:
         lines += ["Public (through the daemon's gRPC API with the memserve client; every input of the case a",
-                  "graph input, as the test wrote it):", "", "```", summary(public), "```", ""]
+                  "graph input sent with each request, as the test wrote it; inputs that feed shape parameters",
+                  "also given to the load as `input_values`, the values it plans memory with):", "",
+                  "```", summary(public), "```", ""]
+    if bare is not None:
+        lines += ["Public without `input_values` (a parameter that shapes a tensor, given only with the",
+                  "request, is refused at load):", "", "```", summary(bare), "```", ""]
+    if public is not None:
         refused = collections.Counter(re.sub(r"'[^']*'", "'...'", r.reason.split(";")[0])[:160]
                                       for r in public if r.status == "unsupported" and in_scope(r))
         lines += ["Why the public mode refuses cases whose ops memserve implements:", "",
@@ -237,6 +256,7 @@ def main() -> None:
     a = ap.parse_args()
     results = run_all(a.filter)
     public = run_all(a.filter, a.target) if a.target else None
+    bare = run_all(a.filter, a.target, plan_values=False) if a.target else None
     if a.verbose:
         for r in results:
             if r.status != "unsupported" or not r.reason.startswith("op "):
@@ -248,9 +268,10 @@ def main() -> None:
     print("frozen:", summary(results))
     if public is not None:
         print("public:", summary(public))
+        print("public without input_values:", summary(bare))
     if a.markdown:
         with open(a.markdown, "w") as fh:
-            fh.write(markdown(results, public))
+            fh.write(markdown(results, public, bare))
 
 
 if __name__ == "__main__":

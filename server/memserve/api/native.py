@@ -170,9 +170,13 @@ def load_options(o: pb.LoadOptions) -> LoadOptions:
     """The options as the registry takes them; LoadOptions.check() bounds every number."""
     b = o.dynamic_batching
     shapes = {k: limits.check_shape(f"input_shapes[{k[:64]!r}]", v.dims) for k, v in o.input_shapes.items()}
+    if len(o.input_values) > limits.MAX_INPUT_VALUES:
+        raise InvalidArgument(f"at most {limits.MAX_INPUT_VALUES} input_values, got {len(o.input_values)}")
+    values = {k: input_array(v, k, limits.MAX_VALUE_ELEMENTS).copy() for k, v in o.input_values.items()}
     return LoadOptions(name=o.name, workspace=o.workspace or "private", max_batch=o.max_batch,
                        input_shapes=shapes, instances=o.instances or 1, replace=o.replace,
-                       batching=Batching(b.max_queue_delay_us, tuple(b.preferred_batch_sizes)) if b.enabled else None)
+                       batching=Batching(b.max_queue_delay_us, tuple(b.preferred_batch_sizes)) if b.enabled else None,
+                       input_values=values)
 
 
 def model_ref(ref: pb.ModelRef) -> ModelRef:
@@ -186,12 +190,13 @@ def input_arrays(inputs) -> dict:
     return decode.named((t.name, input_array(t)) for t in inputs)
 
 
-def input_array(t: pb.Tensor):
+def input_array(t: pb.Tensor, name: str | None = None, max_elements: int | None = None):
+    name = t.name if name is None else name
     try:
         dtype = tensors.dtype_from_pb(t.dtype)
     except ValueError:
-        raise InputMismatch(f"input {t.name[:64]!r} has unknown data type code {t.dtype}") from None
-    return decode.tensor(t.name, dtype, t.shape, raw=t.data)
+        raise InputMismatch(f"input {name[:64]!r} has unknown data type code {t.dtype}") from None
+    return decode.tensor(name, dtype, t.shape, raw=t.data, max_elements=max_elements)
 
 
 def size_info(plan: Plan) -> pb.SizeInfo:

@@ -49,6 +49,7 @@ MAX_HOST_VALUES = 16 << 20  # bytes of plan-time values a loaded model may keep 
 class CompileOptions:
     max_batch: int = 0  # 0: 1 when the model leaves its batch dimension open
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    input_values: dict[str, np.ndarray] = field(default_factory=dict)  # to plan with (Plan.key_of)
 
 
 def _copy_infer(node: Node, ins: list[TensorInfo | None]) -> list[TensorInfo]:
@@ -95,12 +96,14 @@ def _model_errors(what: str):
 
 def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     inputs, max_batch, dims = _resolve_inputs(graph, options)
-    walk = _Walk(graph, inputs, batched=max_batch > 0 or bool(dims))
+    values = _planning_values(inputs, options.input_values)
+    walk = _Walk(graph, inputs, batched=max_batch > 0 or bool(dims) or bool(values), values=values)
     fuse(walk, graph.outputs)
     chain_elementwise(walk, graph.outputs)
     b = _Builder(walk)
     input_specs = [IOSpec(name, dtype, tuple(d if k == FIXED else -1 for d, k in zip(shape, symbols)),
-                          b.add(name, TensorInfo(dtype, shape), INPUT), shape, symbols)
+                          b.add(name, TensorInfo(dtype, shape, values.get(name)), INPUT), shape, symbols,
+                          param=name in values)
                    for name, dtype, shape, symbols in inputs]
     needed = walk.needed(graph.outputs)
     b.on_device = set(graph.outputs).union(*(node.inputs for node, _, phase in walk.nodes if phase == RUN))
@@ -118,6 +121,7 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
         work_size=work.size, work_lower_bound=work.lower_bound, peak_step=work.peak_step,
         weight_size=weight_size, weight_digest=digest, weight_slots=b.weight_roots(), staged_weights=staged,
         placements=b.placements, dims=dims,
+        param_values=[tuple(values[s.name].reshape(-1).tolist()) for s in input_specs if s.param],
     )
     plan.outputs = _output_specs(plan, outputs)
     return plan
@@ -189,6 +193,26 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputSh
     return resolved, max_batch, open_dims
 
 
+def _planning_values(inputs: list[InputShape], given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """input_values, checked against their inputs: a value of the input's type and (fixed) shape."""
+    specs = {name: (dtype, shape, symbols) for name, dtype, shape, symbols in inputs}
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise InvalidArgument(f"input_values names {unknown}, which are not inputs of the model ({sorted(specs)})")
+    values = {}
+    for name, value in given.items():
+        dtype, shape, symbols = specs[name]
+        value = np.asarray(value)
+        if any(s != FIXED for s in symbols):
+            raise InvalidArgument(f"input_values[{name!r}]: input {name!r} has open dimensions; a value to plan "
+                                  "with needs an input of fixed shape")
+        if value.dtype != dtype or value.shape != shape:
+            raise InvalidArgument(f"input_values[{name!r}] must be {dtype} {list(shape)} like the input, got "
+                                  f"{value.dtype} {list(value.shape)}")
+        values[name] = value
+    return values
+
+
 def _dim_name(param: str) -> str:
     """A dim_param that names a dimension ("seq"), or "" for the placeholders exporters write for an
     unnamed one ("?" from Paddle, "unk__12" from tf2onnx), which must not tie dimensions together."""
@@ -201,7 +225,7 @@ def _output_specs(plan: Plan, slots: list[int]) -> list[IOSpec]:
     at_max = [plan.tensors[i].info for i in slots]
     symbols = [[FIXED] * len(info.shape) for info in at_max]
     top = plan.max_key()
-    for s in range(len(top)):
+    for s in range(1 + len(plan.dims)):  # the batch and the open dimensions (parameter values follow them)
         if top[s] == 0:
             continue
         for size in (top[s] + 1, top[s] - 1):
@@ -224,11 +248,14 @@ def _output_specs(plan: Plan, slots: list[int]) -> list[IOSpec]:
 class _Walk:
     """Step 3: every tensor's info, and each node's phase (FOLD, BIND or RUN)."""
 
-    def __init__(self, graph: Graph, inputs: list[InputShape], batched: bool):
+    def __init__(self, graph: Graph, inputs: list[InputShape], batched: bool,
+                 values: dict[str, np.ndarray] | None = None):
         self.consts: dict[str, np.ndarray] = dict(graph.weights)
         self.infos: dict[str, TensorInfo] = {n: TensorInfo(v.dtype, v.shape, v) for n, v in self.consts.items()}
-        self.infos.update({name: TensorInfo(dtype, shape) for name, dtype, shape, _ in inputs})
-        self.dynamic: set[str] = set()  # known values that depend on the batch size
+        values = values or {}
+        self.infos.update({name: TensorInfo(dtype, shape, values.get(name)) for name, dtype, shape, _ in inputs})
+        # Known values that depend on the request (its sizes, or the values of inputs planned with input_values).
+        self.dynamic: set[str] = set(values)
         self.nodes: list[tuple[Node, OpDef, str]] = []
         self.batched = batched
         for node in graph.nodes:

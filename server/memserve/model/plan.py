@@ -59,6 +59,7 @@ class IOSpec:
     slot: int
     max_shape: tuple[int, ...] = ()  # each dimension's largest size: the planned shape
     symbols: tuple[int, ...] = ()  # per dimension: FIXED, BATCH or k, its position in the request's key
+    param: bool = False  # feeds parameters and was planned with a value (input_values): its value is keyed
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Plan:
     weight_slots: list[int]  # WEIGHT roots, in layout order
     placements: list[Placement] = field(default_factory=list)
     dims: list[OpenDim] = field(default_factory=list)  # open dimensions but the batch: key positions 1..
+    param_values: list[tuple] = field(default_factory=list)  # planned values of the param inputs, then in the key
     staged_weights: dict[int, np.ndarray] | None = None  # host copies until the load uploads them
     _infos: dict[int, list[TensorInfo]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -102,23 +104,32 @@ class Plan:
     def release_staging(self) -> None:
         self.staged_weights = None
 
-    def input_infos(self, key: tuple[int, ...]) -> list[TensorInfo]:
-        return [TensorInfo(spec.dtype, tuple(d if s == FIXED else key[s] for d, s in zip(spec.max_shape, spec.symbols)))
-                for spec in self.inputs]
+    def input_infos(self, key: tuple) -> list[TensorInfo]:
+        infos, at = [], 1 + len(self.dims)
+        for spec in self.inputs:
+            shape = tuple(d if s == FIXED else key[s] for d, s in zip(spec.max_shape, spec.symbols))
+            value = None
+            if spec.param:
+                value, at = np.array(key[at], spec.dtype).reshape(shape), at + 1
+            infos.append(TensorInfo(spec.dtype, shape, value))
+        return infos
 
-    def max_key(self) -> tuple[int, ...]:
-        return (self.max_batch,) + tuple(d.max for d in self.dims)
+    def max_key(self) -> tuple:
+        return (self.max_batch,) + tuple(d.max for d in self.dims) + tuple(self.param_values)
 
-    def describe_key(self, key: tuple[int, ...]) -> str:
+    def describe_key(self, key: tuple) -> str:
         parts = [f"batch {key[0]}"] if self.max_batch else []
-        return ", ".join(parts + [f"{d.name} {n}" for d, n in zip(self.dims, key[1:])]) or "its fixed shapes"
+        parts += [f"{d.name} {n}" for d, n in zip(self.dims, key[1:])]
+        params = [s.name for s in self.inputs if s.param]
+        parts += [f"{name} = {list(v)}"[:80] for name, v in zip(params, key[1 + len(self.dims):])]
+        return ", ".join(parts) or "its fixed shapes"
 
     def infos_at(self, key: tuple[int, ...]) -> list[TensorInfo]:
         """Every slot's dtype and shape for a request of this key (key_of)."""
         infos = self._infos.get(key)
         if infos is None:
             try:
-                infos = infer_all(self, self.input_infos(key))
+                infos = infer_all(self, self.input_infos(key), self, key)
             except MemserveError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the model's shape functions at these sizes
@@ -134,22 +145,27 @@ class Plan:
     def _check_fits(self, infos: list[TensorInfo], key: tuple[int, ...]) -> None:
         for slot, info in zip(self.tensors, infos):
             if info.nbytes > slot.info.nbytes:
-                raise InvalidArgument(
-                    f"tensor {slot.name!r} grows to {info.shape} at {self.describe_key(key)}, past its planned "
-                    f"{slot.info.shape}; this model cannot run {self.describe_key(key)}"
-                )
+                self.outgrown(slot, info, key)
+
+    def outgrown(self, slot: TensorSlot, info: TensorInfo, key: tuple) -> None:
+        where = self.describe_key(key)
+        raise InvalidArgument(
+            f"tensor {slot.name!r} grows to {info.shape} at {where}, past its planned {slot.info.shape}; this "
+            f"model cannot run {where}: load it with larger max_batch, input_shapes or input_values")
 
     def key_of(self, arrays: dict[str, np.ndarray]) -> tuple[int, ...]:
         """Validate request inputs against the model; return the sizes of its open dimensions,
         (batch, d1, ..., dS), the batch 0 for a model without one."""
         if len(arrays) != len(self.inputs):
             self._mismatch(arrays)
-        key = [0] * (1 + len(self.dims))
+        key: list = [0] * (1 + len(self.dims))
         for spec in self.inputs:
             a = arrays.get(spec.name)
             if a is None:
                 self._mismatch(arrays)
             _check_input(self, spec, a, key)
+            if spec.param:  # small by construction: its shape is fixed, and at most MAX_VALUE_ELEMENTS
+                key.append(tuple(a.reshape(-1).tolist()))
         return tuple(key)
 
     def batch_of(self, arrays: dict[str, np.ndarray]) -> int:
@@ -194,19 +210,26 @@ def _wrong_shape(spec: IOSpec, a: np.ndarray) -> None:
                         f"{list(spec.max_shape)}), got {list(a.shape)}")
 
 
-def infer_all(plan: Plan, input_infos: list[TensorInfo]) -> list[TensorInfo]:
-    """Propagate dtypes, shapes and BIND values through the steps, from the given inputs."""
+def infer_all(plan: Plan, input_infos: list[TensorInfo], bounded: Plan | None = None,
+              key: tuple = ()) -> list[TensorInfo]:
+    """Propagate dtypes, shapes and BIND values through the steps, from the given inputs. `bounded`: a
+    value computed on the way (BIND) may not outgrow its planned bytes: checked before it is computed, so
+    a request's parameter values cannot make the host allocate more than the plan did."""
     infos: list[TensorInfo | None] = [s.info if s.storage in (WEIGHT, VALUE) else None for s in plan.tensors]
     for spec, info in zip(plan.inputs, input_infos):
         infos[spec.slot] = info
     for step in plan.steps:
-        run_infer(step, infos)
+        run_infer(step, infos, bounded, key)
     return infos
 
 
-def run_infer(step: Step, infos: list[TensorInfo | None]) -> None:
+def run_infer(step: Step, infos: list[TensorInfo | None], bounded: Plan | None = None, key: tuple = ()) -> None:
     ins = [infos[i] if i >= 0 else None for i in step.inputs]
     outs = step.op.infer(step.node, ins)
+    if step.phase == BIND and bounded is not None:
+        for i, o in zip(step.outputs, outs):
+            if o.nbytes > bounded.tensors[i].info.nbytes:
+                bounded.outgrown(bounded.tensors[i], o, key)
     if step.phase == BIND:
         outs = [TensorInfo(o.dtype, o.shape, v) for o, v in zip(outs, evaluate(step.op, step.node, ins, outs))]
     for i, info in zip(step.outputs, outs):

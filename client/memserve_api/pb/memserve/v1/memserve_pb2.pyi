@@ -43,7 +43,7 @@ class Shape(_message.Message):
     def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LoadOptions(_message.Message):
-    __slots__ = ("name", "workspace", "max_batch", "input_shapes", "instances", "replace", "dynamic_batching")
+    __slots__ = ("name", "workspace", "max_batch", "input_shapes", "instances", "replace", "dynamic_batching", "input_values")
     class InputShapesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,13 @@ class LoadOptions(_message.Message):
         key: str
         value: Shape
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Shape, _Mapping]] = ...) -> None: ...
+    class InputValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +65,7 @@ class LoadOptions(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     DYNAMIC_BATCHING_FIELD_NUMBER: _ClassVar[int]
+    INPUT_VALUES_FIELD_NUMBER: _ClassVar[int]
     name: str
     workspace: str
     max_batch: int
@@ -65,7 +73,8 @@ class LoadOptions(_message.Message):
     instances: int
     replace: bool
     dynamic_batching: DynamicBatching
-    def __init__(self, name: _Optional[str] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ..., instances: _Optional[int] = ..., replace: _Optional[bool] = ..., dynamic_batching: _Optional[_Union[DynamicBatching, _Mapping]] = ...) -> None: ...
+    input_values: _containers.MessageMap[str, Tensor]
+    def __init__(self, name: _Optional[str] = ..., workspace: _Optional[str] = ..., max_batch: _Optional[int] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ..., instances: _Optional[int] = ..., replace: _Optional[bool] = ..., dynamic_batching: _Optional[_Union[DynamicBatching, _Mapping]] = ..., input_values: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
 
 class DynamicBatching(_message.Message):
     __slots__ = ("enabled", "max_queue_delay_us", "preferred_batch_sizes")
