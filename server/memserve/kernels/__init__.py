@@ -119,4 +119,4 @@ def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[Ten
 
 
 # Importing the modules registers their ops.
-from . import chain, conv, dense, elementwise, index, linalg, ml, pool, quant, reduce, resize, rnn, shape  # noqa: E402,F401
+from . import attention, chain, conv, dense, elementwise, index, linalg, ml, pool, quant, reduce, resize, rnn, shape  # noqa: E402,F401

@@ -409,7 +409,13 @@ def _pads(node, ins) -> tuple[list[int], str, object]:
         pads, value = list(node.attrs["pads"]), node.attrs.get("value", 0.0)
     else:
         pads = ints(ins[1])
-        value = np.asarray(ins[2].value).reshape(-1)[0] if len(ins) > 2 and ins[2] is not None else 0
+        value = 0
+        if len(ins) > 2 and ins[2] is not None:
+            if count(ins[2].shape) != 1:
+                raise InvalidArgument(f"node {node.name!r} (Pad): constant_value must be one value, got shape "
+                                      f"{ins[2].shape}")
+            # A graph input (value_inputs) arrives with each request: None here, read by the kernel.
+            value = None if ins[2].value is None else np.asarray(ins[2].value).reshape(-1)[0]
         axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
         if axes is not None:
             full = [0] * (2 * rank)
@@ -443,7 +449,7 @@ def _build_pad(node, ins, outs):
         dst = tuple(slice(max(b, 0), max(b, 0) + s.stop - s.start) for b, s in zip(before, src))
 
         def run(i, o):
-            o[0].fill(value)
+            o[0].fill(value if value is not None else i[2].reshape(-1)[0])
             o[0][dst] = i[0][src]
 
         return run
@@ -532,7 +538,7 @@ register(OpDef("Slice", _slice_infer, _build_slice, const_inputs=(1, 2, 3, 4)))
 register(OpDef("Gather", _gather_infer, _build_gather))
 register(OpDef("Expand", _expand_infer, _copy_kernel(lambda node, x, shape: x), const_inputs=(1,)))
 register(OpDef("Tile", _tile_infer, _build_tile, const_inputs=(1,)))
-register(OpDef("Pad", _pad_infer, _build_pad, const_inputs=(1, 2, 3)))
+register(OpDef("Pad", _pad_infer, _build_pad, const_inputs=(1, 2, 3), value_inputs=(2,)))
 register(OpDef("Where", _where_infer, _build_where))
 register(OpDef("Trilu", _same, _build_trilu, const_inputs=(1,), value_inputs=(1,)))
 register(OpDef("Cast", _cast_infer, _build_cast))
