@@ -19,6 +19,7 @@ FLOATS = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))
 SIGNED = FLOATS | frozenset(np.dtype(t) for t in ("int8", "int16", "int32", "int64"))
 NUMERIC = SIGNED | frozenset(np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64"))
 ANY = NUMERIC | {BOOL}
+INTS = NUMERIC - FLOATS
 
 
 def check_dtype(node: Node, dtype: np.dtype, allowed: frozenset, what: str = "input") -> None:
@@ -304,3 +305,50 @@ def _build_clip(node, ins, outs):
 
 
 register(OpDef("Clip", _clip_infer, _build_clip, const_inputs=(1, 2), value_inputs=(1, 2), inplace=(0,)))
+
+
+# -- bitwise --------------------------------------------------------------------------------------------
+
+for _name, _ufn in (("BitwiseAnd", np.bitwise_and), ("BitwiseOr", np.bitwise_or), ("BitwiseXor", np.bitwise_xor)):
+    register(OpDef(_name, _typed(_arith_infer, INTS), _binary(_ufn), inplace=(0, 1)))
+register(OpDef("BitwiseNot", _typed(_same_infer, INTS), _unary(_ufunc(np.invert)), inplace=(0,)))
+
+
+def _bitshift_infer(node, ins):
+    direction = node.attrs.get("direction", "")
+    if direction not in ("LEFT", "RIGHT"):
+        raise InvalidArgument(f"node {node.name!r} (BitShift): direction must be LEFT or RIGHT, got {direction!r}")
+    return _typed(_arith_infer, INTS)(node, ins)
+
+
+def _build_bitshift(node, ins, outs):
+    direction = node.attrs["direction"]
+    dtype = outs[0].dtype
+    bits = dtype.itemsize * 8
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+
+    def run(i, o):
+        a, b = i[0], i[1]
+        outside = (b < 0) | (b >= bits)  # C leaves these undefined; ONNX: 0, or -1 for a negative right shift
+        count = np.where(outside, 0, b).astype(unsigned)
+        if direction == "LEFT":  # on the unsigned bits, so that a signed value wraps instead of overflowing
+            np.copyto(o[0], np.left_shift(np.asarray(a).astype(unsigned), count), casting="unsafe")
+            np.copyto(o[0], 0, where=np.broadcast_to(outside, o[0].shape))
+        else:
+            np.copyto(o[0], np.right_shift(a, count.astype(dtype)), casting="unsafe")  # arithmetic when signed
+            fill = np.where(np.asarray(a) < 0, -1, 0) if dtype.kind == "i" else 0
+            np.copyto(o[0], np.broadcast_to(fill, o[0].shape), where=np.broadcast_to(outside, o[0].shape),
+                      casting="unsafe")
+
+    return run
+
+
+register(OpDef("BitShift", _bitshift_infer, _build_bitshift))
+
+
+def _swish(x, out, node):
+    alpha = node.attrs.get("alpha", 1.0)
+    np.copyto(out, x * special.expit(alpha * x), casting="unsafe")
+
+
+register(OpDef("Swish", _typed(_same_infer, FLOATS), _unary(_swish)))

@@ -1,5 +1,5 @@
 """Ops that move elements by index or by block: GatherElements, GatherND, ScatterElements, ScatterND,
-TopK, OneHot, CumSum, DepthToSpace, SpaceToDepth.
+TopK, OneHot, CumSum and CumProd, DepthToSpace, SpaceToDepth.
 
 Every index a request brings is checked against its dimension before it is used, and a bad one fails
 the request with the node's name (numpy would wrap a negative index past the start, or raise an
@@ -262,8 +262,10 @@ def _cumsum_infer(node, ins):
     return [TensorInfo(ins[0].dtype, ins[0].shape)]
 
 
-def _build_cumsum(node, ins, outs):
+def _build_cumulative(node, ins, outs):
+    """CumSum and CumProd: the running sum (product) along the axis, optionally reversed and exclusive."""
     known = _cumsum_axis(node, ins)
+    running, identity = (np.cumsum, 0) if node.op_type == "CumSum" else (np.cumprod, 1)
     reverse, exclusive = node.attrs.get("reverse", 0), node.attrs.get("exclusive", 0)
     rank = len(ins[0].shape)
 
@@ -276,13 +278,12 @@ def _build_cumsum(node, ins, outs):
 
         y = flip(o[0])
         if not exclusive:
-            np.cumsum(flip(i[0]), axis=axis, dtype=y.dtype, out=y)
+            running(flip(i[0]), axis=axis, dtype=y.dtype, out=y)
             return
         lead = (slice(None),) * axis
-        y[lead + (0,)] = 0
+        y[lead + (0,)] = identity
         if n > 1:
-            np.cumsum(flip(i[0])[lead + (slice(0, n - 1),)], axis=axis, dtype=y.dtype,
-                      out=y[lead + (slice(1, n),)])
+            running(flip(i[0])[lead + (slice(0, n - 1),)], axis=axis, dtype=y.dtype, out=y[lead + (slice(1, n),)])
 
     return run
 
@@ -347,6 +348,7 @@ register(OpDef("GatherND", _gather_nd_infer, _build_gather_nd))
 register(OpDef("ScatterND", _scatter_nd_infer, _build_scatter_nd))
 register(OpDef("TopK", _topk_infer, _build_topk, const_inputs=(1,)))
 register(OpDef("OneHot", _onehot_infer, _build_onehot, const_inputs=(1,)))
-register(OpDef("CumSum", _cumsum_infer, _build_cumsum, const_inputs=(1,), value_inputs=(1,)))
+register(OpDef("CumSum", _cumsum_infer, _build_cumulative, const_inputs=(1,), value_inputs=(1,)))
+register(OpDef("CumProd", _cumsum_infer, _build_cumulative, const_inputs=(1,), value_inputs=(1,)))
 register(OpDef("DepthToSpace", _d2s_infer, _build_d2s))
 register(OpDef("SpaceToDepth", _s2d_infer, _build_s2d))

@@ -201,6 +201,26 @@ def _build_global(node, ins, outs):
 
 
 KERNELS = (pool2d, mean_planes)
+def _build_lp_pool(node, ins, outs):
+    """(sum of |x|^p over the window)^(1/p); padding counts as zeros."""
+    g = _pool_geometry(node, ins)
+    spatial = ins[0].shape[2:]
+    p = node.attrs.get("p", 2)
+    plan = [tuple(_window(g, a, q, spatial[a]) for a, q in enumerate(pos)) for pos in _positions(g.kernel)]
+    lead = (slice(None), slice(None))
+
+    def run(i, o):
+        xp, y = np.abs(i[0]) ** p, o[0]
+        y.fill(0)
+        for windows in plan:
+            dst = lead + tuple(w[0] for w in windows)
+            np.add(y[dst], xp[lead + tuple(w[1] for w in windows)], out=y[dst])
+        np.power(y, 1 / p, out=y)
+
+    return run
+
+
+register(OpDef("LpPool", _pool_infer, _build_lp_pool))
 register(OpDef("MaxPool", _pool_infer, _build_pool, compiled=KERNELS))
 register(OpDef("AveragePool", _pool_infer, _build_pool, compiled=KERNELS))
 register(OpDef("GlobalAveragePool", _global_infer, _build_global, compiled=KERNELS))

@@ -364,3 +364,51 @@ def _build_instance_norm(node, ins, outs):
 
 
 register(OpDef("InstanceNormalization", lambda n, i: [TensorInfo(i[0].dtype, i[0].shape)], _build_instance_norm))
+
+
+def _hardmax_infer(node, ins):
+    x = ins[0]
+    if not x.shape:
+        raise InvalidArgument(f"node {node.name!r} (Hardmax): input must have at least one dimension")
+    norm_axis(node, node.attrs.get("axis", -1 if node.opset >= 13 else 1), len(x.shape))
+    return [TensorInfo(x.dtype, x.shape)]
+
+
+def _build_hardmax(node, ins, outs):
+    shape = ins[0].shape
+    axis = norm_axis(node, node.attrs.get("axis", -1 if node.opset >= 13 else 1), len(shape))
+    # Below opset 13 the input is seen as 2-D, (dimensions before axis) x (axis and after).
+    view = shape if node.opset >= 13 else (int(np.prod(shape[:axis])), int(np.prod(shape[axis:])))
+    along = axis if node.opset >= 13 else 1
+
+    def run(i, o):
+        x, y = i[0].reshape(view), o[0].reshape(view)
+        y.fill(0)
+        first = np.expand_dims(np.argmax(x, axis=along), along)  # the first of equal maxima
+        np.put_along_axis(y, first, 1, axis=along)
+
+    return run
+
+
+def _lp_infer(node, ins):
+    if node.attrs.get("p", 2) not in (1, 2):
+        raise InvalidArgument(f"node {node.name!r} (LpNormalization): p must be 1 or 2, got {node.attrs['p']}")
+    norm_axis(node, node.attrs.get("axis", -1), len(ins[0].shape))
+    return [TensorInfo(ins[0].dtype, ins[0].shape)]
+
+
+def _build_lp(node, ins, outs):
+    axis = norm_axis(node, node.attrs.get("axis", -1), len(ins[0].shape))
+    p = node.attrs.get("p", 2)
+
+    def run(i, o):
+        x = i[0]
+        norm = np.sum(np.abs(x), axis=axis, keepdims=True) if p == 1 else \
+            np.sqrt(np.sum(np.square(x), axis=axis, keepdims=True))
+        np.divide(x, np.where(norm == 0, 1, norm), out=o[0], casting="unsafe")  # a zero vector stays zero
+
+    return run
+
+
+register(OpDef("Hardmax", _hardmax_infer, _build_hardmax))
+register(OpDef("LpNormalization", _lp_infer, _build_lp))

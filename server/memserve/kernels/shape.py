@@ -543,3 +543,68 @@ register(OpDef("Where", _where_infer, _build_where))
 register(OpDef("Trilu", _same, _build_trilu, const_inputs=(1,), value_inputs=(1,)))
 register(OpDef("Cast", _cast_infer, _build_cast))
 register(OpDef("CastLike", _cast_infer, _build_cast))
+
+
+def _eyelike_infer(node, ins):
+    x = ins[0]
+    if len(x.shape) != 2:
+        raise InvalidArgument(f"node {node.name!r} (EyeLike): input must be 2-D, got {x.shape}")
+    to = node.attrs.get("dtype")
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to)) if to is not None else x.dtype
+    if dtype not in DTYPES:
+        raise UnsupportedModel(f"node {node.name!r} (EyeLike): dtype {dtype} is not supported")
+    return [TensorInfo(dtype, x.shape)]
+
+
+def _build_eyelike(node, ins, outs):
+    rows, cols = ins[0].shape
+    eye = np.eye(rows, cols, node.attrs.get("k", 0), dtype=outs[0].dtype)  # k beyond the matrix: all zeros
+
+    def run(i, o):
+        np.copyto(o[0], eye)
+
+    return run
+
+
+register(OpDef("EyeLike", _eyelike_infer, _build_eyelike))
+
+
+def _crop_pad_parts(node, ins) -> tuple[tuple[int, ...], list[int]]:
+    x = ins[0]
+    sizes = ints(ins[1])
+    axes = [norm_axis(node, a, len(x.shape)) for a in node.attrs.get("axes", range(len(x.shape)))]
+    if len(sizes) != len(axes) or len(set(axes)) != len(axes) or min(sizes, default=0) < 0:
+        raise InvalidArgument(f"node {node.name!r} (CenterCropPad): {len(sizes)} sizes for axes {axes}")
+    shape = list(x.shape)
+    for a, size in zip(axes, sizes):
+        shape[a] = size
+    return check_rank(node, shape), axes
+
+
+def _crop_pad_infer(node, ins):
+    shape, _ = _crop_pad_parts(node, ins)
+    return [TensorInfo(ins[0].dtype, shape)]
+
+
+def _build_crop_pad(node, ins, outs):
+    shape, _ = _crop_pad_parts(node, ins)
+    src, dst = [], []
+    for d, s in zip(ins[0].shape, shape):  # the centred window: crop the input or pad around it
+        if s <= d:
+            start = (d - s) // 2
+            src.append(slice(start, start + s))
+            dst.append(slice(0, s))
+        else:
+            start = (s - d) // 2
+            src.append(slice(0, d))
+            dst.append(slice(start, start + d))
+    src, dst = tuple(src), tuple(dst)
+
+    def run(i, o):
+        o[0].fill(0)
+        o[0][dst] = i[0][src]
+
+    return run
+
+
+register(OpDef("CenterCropPad", _crop_pad_infer, _build_crop_pad, const_inputs=(1,)))
