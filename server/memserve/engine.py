@@ -162,7 +162,7 @@ class Executable:
                 except Exception as exc:  # noqa: BLE001 - the model's content, at these sizes
                     raise _step_error(step.node, exc) from None
                 steps.append(_call(fn, step.inputs, step.outputs + step.scratch))
-                calls.append(("call", fn, step.inputs, step.outputs + step.scratch))
+                calls.append(("call", fn, step.inputs, step.outputs + step.scratch, step.op.sized))
             elif plan.tensors[step.outputs[0]].storage in (INPUT, IO):
                 shape = infos[step.outputs[0]].shape
                 steps.append(_alias(step.inputs[0], step.outputs[0], shape))
@@ -210,23 +210,36 @@ def _generate(plan: Plan, env: list, calls: list[tuple], io: list[tuple]) -> tup
 
     lines: dict[int, int] = {}
     first = 3 + len(body)  # `def factory`, `def run`, then the body: lines count from 1
+    sized: dict[int, str] = {}  # output slot -> its actual shape, as the expression that reads it
     for k, call in enumerate(calls):
         lines[first + k] = k
         if call[0] == "call":
-            _, fn, ins, outs = call
+            _, fn, ins, outs, *rest = call
             consts[f"k{k}"] = fn
-            body.append(f"k{k}([{', '.join(ref(i) for i in ins)}], [{', '.join(ref(i) for i in outs)}])")
+            result = f"r{k} = " if rest and rest[0] else ""
+            body.append(f"{result}k{k}([{', '.join(ref(i) for i in ins)}], [{', '.join(ref(i) for i in outs)}])")
+            if result:
+                sized.update({slot: f"r{k}[{j}]" for j, slot in enumerate(outs)})
         else:
             _, src, dst, shape = call
             consts[f"s{k}"] = shape
             body.append(f"t{dst} = {ref(src)}.reshape(s{k})")
             local.add(dst)
-    body.append(f"return [{', '.join(ref(spec.slot) for spec in plan.outputs)}]")
+    if sized:
+        consts["cut"] = _cut
+    body.append("return [{}]".format(", ".join(
+        f"cut({ref(spec.slot)}, {sized[spec.slot]})" if spec.slot in sized else ref(spec.slot)
+        for spec in plan.outputs)))
     src = "def factory({}):\n    def run(a, o):\n{}\n    return run\n".format(
         ", ".join(consts), "\n".join("        " + line for line in body))
     namespace: dict = {}
     exec(compile(src, f"<memserve plan {id(plan):x}>", "exec"), namespace)  # noqa: S102 - generated identifiers only
     return namespace["factory"](*consts.values()), lines
+
+
+def _cut(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A data-dependent output at its actual shape: the first elements of its planned (largest) array."""
+    return array.reshape(-1)[:int(np.prod(shape, dtype=np.int64))].reshape(shape)
 
 
 def _view(block: np.ndarray, offset: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

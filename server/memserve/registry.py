@@ -447,6 +447,9 @@ def _failed(stats: ModelStats, req: Request, error: BaseException) -> None:
 
 
 def _check_batchable(plan: Plan, b: Batching) -> None:
+    if any(s.op.sized for s in plan.steps):
+        raise InvalidArgument("dynamic batching needs outputs whose size the batch decides; this model returns "
+                              "some at a size its data decides (NonZero, NonMaxSuppression, ...)")
     if plan.max_batch < 2:
         raise InvalidArgument("dynamic batching needs max_batch of 2 or more (and a model with an open "
                               "leading dimension)")

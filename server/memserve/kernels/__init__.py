@@ -80,6 +80,10 @@ class OpDef:
     alias: bool = False
     const_inputs: tuple[int, ...] = ()
     value_inputs: tuple[int, ...] = ()  # const_inputs that may instead arrive with each request
+    # Outputs whose size depends on the data (NonZero, NonMaxSuppression, ...): infer gives the largest
+    # they can be (what is planned), the kernel writes each compactly from the start of its array and
+    # returns their actual shapes. Such an output must be a graph output read by no node.
+    sized: bool = False
     inplace: tuple[int, ...] = ()  # inputs whose bytes the output may reuse when they die here
     compiled: tuple[Compiled, ...] = ()  # the numba kernels `build`'s functions call (jit.py)
 
@@ -114,9 +118,11 @@ def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[Ten
                   f"node {node.name!r} ({node.op_type})")
     arrays = [np.empty(o.shape, o.dtype) for o in outs]
     scratch = [np.empty(t.shape, t.dtype) for t in scratch_infos]
-    op.build(node, ins, outs)([i.value if i is not None else None for i in ins], arrays + scratch)
+    shapes = op.build(node, ins, outs)([i.value if i is not None else None for i in ins], arrays + scratch)
+    if op.sized:  # each output at its actual size, not the largest it could have been
+        arrays = [a.reshape(-1)[:math.prod(s)].reshape(s).copy() for a, s in zip(arrays, shapes)]
     return arrays
 
 
 # Importing the modules registers their ops.
-from . import attention, chain, conv, dense, elementwise, index, linalg, ml, pool, quant, reduce, resize, rnn, shape  # noqa: E402,F401
+from . import attention, chain, conv, dense, elementwise, index, linalg, ml, pool, quant, reduce, resize, rnn, select, shape  # noqa: E402,F401

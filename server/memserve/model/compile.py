@@ -110,6 +110,7 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     for node, op, phase in walk.nodes:
         if phase != FOLD and any(o in needed for o in node.outputs):
             b.add_step(node, op, phase)
+    _check_sized(walk, graph.outputs)
     outputs = [b.claim_output(name) for name in graph.outputs]
     b.share_dying_inputs()
     work = b.plan_work()
@@ -191,6 +192,19 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputSh
     resolved = [(inp.name, inp.dtype, tuple(open_dims[-d - 1].max if d < 0 else d for d in dims), tuple(syms))
                 for inp, dims, syms in specs]
     return resolved, max_batch, open_dims
+
+
+def _check_sized(walk, outputs: list[str]) -> None:
+    """A data-dependent output is returned at its actual size, so it must be a graph output (once) that no
+    node reads: nothing downstream could know its shape when the model loads."""
+    readers = {n for node, _, phase in walk.nodes if phase != FOLD for n in node.inputs}
+    for node, op, phase in walk.nodes:
+        if phase == RUN and op.sized:
+            for name in node.outputs:
+                if name and (name in readers or outputs.count(name) != 1):
+                    raise UnsupportedModel(
+                        f"node {node.name!r} ({node.op_type}): its output {name!r} has a size that depends on the "
+                        "data; memserve returns such a tensor only as a graph output that no other node reads")
 
 
 def _planning_values(inputs: list[InputShape], given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -296,6 +310,8 @@ class _Walk:
         inputs_known = all(i is None or i.value is not None for i in ins)
         if inputs_known or all(o.value is not None for o in outs):
             values = evaluate(op, node, ins, outs)
+            if op.sized:  # known now: the actual shapes, not the largest
+                outs = [TensorInfo(o.dtype, v.shape) for o, v in zip(outs, values)]
             dynamic = any(n in self.dynamic for n in node.inputs) or (batched and not inputs_known)
             if not dynamic:
                 self._set(node, outs, values)
