@@ -123,3 +123,61 @@ def test_matmul_integer_is_exact_at_any_depth(k):
 def test_bad_quantization_parameters_are_refused_at_load(op, inputs, outputs, weights, attrs, match):
     with pytest.raises((InvalidArgument, UnsupportedModel), match=match):
         compile_model(one(op, inputs, outputs, weights, **attrs), CompileOptions())
+
+
+def conv_relu():
+    rng = np.random.default_rng(3)
+    w = {"w": rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "b": rng.standard_normal(6).astype(np.float32),
+         "w2": rng.standard_normal((4, 6, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Conv", ["r", "w2"], ["y"])]
+    return graph_model(nodes, [("x", TensorProto.FLOAT, [1, 3, 10, 12])], [("y", TensorProto.FLOAT, [1, 4, 5, 12])], w)
+
+
+def test_a_qoperator_quantized_cnn_runs_qlinearconv_like_onnxruntime(tmp_path):
+    import onnx
+
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((1, 3, 10, 12)).astype(np.float32)} for _ in range(4)]
+    src, dst = tmp_path / "f32.onnx", tmp_path / "int8.onnx"
+    src.write_bytes(conv_relu())
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantization.quantize_static(str(src), str(dst), Reader(), quant_format=quantization.QuantFormat.QOperator,
+                                 per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QInt8)
+    model = dst.read_bytes()
+    assert "QLinearConv" in {n.op_type for n in onnx.load_from_string(model).graph.node}
+    x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
+    got, want = run_local(model, {"x": x})[0], ort_run(model, {"x": x})[0]
+    # Requantization may round one step differently where onnxruntime uses a fixed-point multiplier.
+    step = float(np.abs(want).max()) / 127
+    np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.01)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_integer_is_exact(group):
+    rng = np.random.default_rng(group)
+    x = rng.integers(0, 256, (2, 4, 7, 6)).astype(np.uint8)
+    w = rng.integers(-128, 128, (6, 4 // group, 3, 3)).astype(np.int8)
+    model = one("ConvInteger", [("x", U8, [2, 4, 7, 6]), ("w", I8, [6, 4 // group, 3, 3])],
+                [("y", TensorProto.INT32, [2, 6, 7, 6])], {"xz": np.array(3, np.uint8)}, group=group,
+                pads=[1, 1, 1, 1])
+    got = run_local(model, {"x": x, "w": w})[0]
+    np.testing.assert_array_equal(got, ort_run(model, {"x": x, "w": w})[0])
+
+
+def test_qlinearconv_with_a_scale_per_channel_of_the_wrong_length_is_refused():
+    weights = {"xs": np.array(0.1, np.float32), "xz": np.array(0, np.uint8), "w": np.ones((4, 2, 1, 1), np.int8),
+               "ws": np.ones(3, np.float32), "wz": np.zeros(3, np.int8), "ys": np.array(0.2, np.float32),
+               "yz": np.array(0, np.uint8)}
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
+    model = graph_model([node], [("x", U8, [1, 2, 3, 3])], [("y", U8, [1, 4, 3, 3])], weights, opset=21)
+    with pytest.raises(InvalidArgument, match=r"w_scale \(3,\) must be a scalar or hold one value per output channel"):
+        compile_model(model, CompileOptions())

@@ -1,17 +1,23 @@
-"""Integer quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, QLinearMatMul.
+"""Integer quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, QLinearMatMul,
+ConvInteger, QLinearConv.
 
 Integer products are computed exactly in floating point: 8-bit operands minus their zero points are at
 most 255 in magnitude, so each product is under 2^16 and a float32 GEMM is exact while K * 255^2 < 2^24
 (K <= 258), a float64 one for any K a tensor can have. The centred operands and the accumulator are planned
 scratch, so the BLAS GEMM runs on them without allocating. Rounding is to nearest, ties to even, then
 saturation to the output type, as the ONNX spec (and its reference implementation) say.
+
+The integer convolutions run the float Conv kernel (kernels/conv.py, its im2col tiles and compiled
+epilogue) on the centred operands in float64, planned like the rest: centred input, centred weights,
+the accumulator, then the Conv's own scratch.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from . import Node, OpDef, TensorInfo, depthwise, register
+from . import conv as C
 from .linalg import matmul_shape
 from .shape import norm_axis
 
@@ -237,6 +243,114 @@ def _build_qmm(node, ins, outs):
     return run
 
 
+# -- ConvInteger / QLinearConv ------------------------------------------------------------------------------
+
+CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def _float_conv(node: Node, ins, x_at: int, w_at: int):
+    """The float64 Conv this integer convolution runs: its node, input infos, output info and scratch."""
+    x, w = ins[x_at], ins[w_at]
+    for t in (x, w):
+        if t.dtype not in (np.dtype(np.uint8), np.dtype(np.int8)):
+            raise UnsupportedModel(f"node {node.name!r} ({node.op_type}): {t.dtype} operands are not supported "
+                                   "(uint8, int8)")
+    fnode = Node("Conv", node.name, ["x", "w"], node.outputs[:1],
+                 {k: v for k, v in node.attrs.items() if k in CONV_ATTRS}, node.opset)
+    fins = [TensorInfo(F64, x.shape), TensorInfo(F64, w.shape)]
+    fout = C._conv_infer(fnode, fins)[0]
+    return fnode, fins, fout, C._conv_scratch(fnode, fins, [fout])
+
+
+def _channel_shape(node: Node, t: TensorInfo | None, w: TensorInfo, what: str, rank: int, axis: int):
+    """A scalar, or one value per output channel of w, shaped to broadcast along `axis` of a rank-`rank` array."""
+    if t is None or t.shape in ((), (1,)):
+        return ()
+    if t.shape != (w.shape[0],):
+        raise _fail(node, f"{what} {t.shape} must be a scalar or hold one value per output channel ({w.shape[0]})")
+    return tuple(-1 if k == axis else 1 for k in range(rank))
+
+
+def _conv_integer_infer(node, ins):
+    _, _, fout, _ = _float_conv(node, ins, 0, 1)
+    _channel_shape(node, _opt(ins, 3), ins[1], "w_zero_point", len(ins[1].shape), 0)
+    return [TensorInfo(I32, fout.shape)]
+
+
+def _qconv_infer(node, ins):
+    _, _, fout, _ = _float_conv(node, ins, 0, 3)
+    for k, what in ((4, "w_scale"), (5, "w_zero_point")):
+        _channel_shape(node, ins[k], ins[3], what, len(ins[3].shape), 0)
+    if ins[7].dtype not in QUANT_TYPES:
+        raise UnsupportedModel(f"node {node.name!r} (QLinearConv): output type {ins[7].dtype} is not supported")
+    b = _opt(ins, 8)
+    if b is not None and (b.dtype != I32 or b.shape != (ins[3].shape[0],)):
+        raise _fail(node, f"B must be int32 with one value per output channel, got {b.dtype} {b.shape}")
+    return [TensorInfo(ins[7].dtype, fout.shape)]
+
+
+def _int_conv_scratch(x_at: int, w_at: int):
+    def scratch(node, ins, outs):
+        _, fins, fout, conv_scratch = _float_conv(node, ins, x_at, w_at)
+        return fins + [fout] + conv_scratch
+
+    return scratch
+
+
+def _opt(ins, k):
+    return ins[k] if len(ins) > k and ins[k] is not None else None
+
+
+def _int_conv(node, ins, x_at: int, w_at: int, xzp_at: int, wzp_at: int):
+    """The shared part: centre x and w into scratch, run the float Conv into the accumulator."""
+    fnode, fins, fout, _ = _float_conv(node, ins, x_at, w_at)
+    conv = C._build_fused_conv(fnode, fins, [fout])
+    w = ins[w_at]
+    wzp = _channel_shape(node, _opt(ins, wzp_at), w, "w_zero_point", len(w.shape), 0)
+
+    def accumulate(i, o) -> np.ndarray:
+        xf, wf, acc = o[1], o[2], o[3]
+        _centre(i[x_at], _opt(i, xzp_at), (), xf)
+        _centre(i[w_at], _opt(i, wzp_at), wzp, wf)
+        conv([xf, wf], [acc] + list(o[4:]))
+        return acc
+
+    return accumulate
+
+
+def _build_conv_integer(node, ins, outs):
+    accumulate = _int_conv(node, ins, 0, 1, 2, 3)
+
+    def run(i, o):
+        np.copyto(o[0], accumulate(i, o), casting="unsafe")  # exact integers
+
+    return run
+
+
+def _build_qconv(node, ins, outs):
+    accumulate = _int_conv(node, ins, 0, 3, 2, 5)
+    rank = len(outs[0].shape)
+    per_channel = _channel_shape(node, ins[4], ins[3], "w_scale", rank, 1)
+    bias = (1, -1) + (1,) * (rank - 2)
+
+    def run(i, o):
+        acc = accumulate(i, o)
+        if _opt(i, 8) is not None:
+            acc += i[8].reshape(bias)
+        w_scale = i[4].reshape(per_channel) if per_channel else i[4].reshape(())
+        mult = (i[1].reshape(()) * w_scale / i[6].reshape(()))  # in the scales' type, as the reference
+        np.multiply(acc, mult, out=acc)
+        np.rint(acc, out=acc)
+        acc += i[7].reshape(())
+        _saturate(acc, o[0])
+
+    return run
+
+
+register(OpDef("ConvInteger", _conv_integer_infer, _build_conv_integer, scratch=_int_conv_scratch(0, 1),
+               compiled=C.CONV_KERNELS + depthwise.KERNELS))
+register(OpDef("QLinearConv", _qconv_infer, _build_qconv, scratch=_int_conv_scratch(0, 3),
+               compiled=C.CONV_KERNELS + depthwise.KERNELS))
 register(OpDef("QuantizeLinear", _quantize_infer, _build_quantize, scratch=_quantize_scratch))
 register(OpDef("DequantizeLinear", _dequantize_infer, _build_dequantize))
 register(OpDef("DynamicQuantizeLinear", _dynamic_infer, _build_dynamic, scratch=_dynamic_scratch))
