@@ -125,4 +125,4 @@ def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[Ten
 
 
 # Importing the modules registers their ops.
-from . import attention, chain, conv, dense, elementwise, index, linalg, ml, pool, quant, reduce, resize, rnn, select, shape  # noqa: E402,F401
+from . import attention, chain, conv, dense, elementwise, grid, index, linalg, ml, pool, quant, reduce, resize, rnn, select, shape  # noqa: E402,F401
