@@ -58,3 +58,41 @@ def test_3d_matches_the_reference(mode):
 def test_shapes_and_modes_that_do_not_fit_are_refused(x_shape, grid_shape, attrs, match):
     with pytest.raises((InvalidArgument, UnsupportedModel), match=match):
         compile_model(model_of(x_shape, grid_shape, **attrs), CompileOptions())
+
+
+def roi_model(r, **attrs):
+    node = helper.make_node("RoiAlign", ["x", "rois", "idx"], ["y"], output_height=3, output_width=2, **attrs)
+    return graph_model([node], [("x", F, [2, 3, 10, 12]), ("rois", F, [r, 4]), ("idx", TensorProto.INT64, [r])],
+                       [("y", F, [r, 3, 3, 2])], opset=16)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("transform", ["half_pixel", "output_half_pixel"])
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_roi_align_matches_onnxruntime(mode, transform, ratio):
+    r = np.random.default_rng(ratio)
+    corner = r.random((5, 2)) * 8
+    rois = np.concatenate([corner, corner + 0.5 + r.random((5, 2)) * 6], axis=1).astype(np.float32)
+    feeds = {"x": r.standard_normal((2, 3, 10, 12)).astype(np.float32), "rois": rois,
+             "idx": np.array([0, 1, 1, 0, 1], np.int64)}
+    model = roi_model(5, mode=mode, coordinate_transformation_mode=transform, sampling_ratio=ratio, spatial_scale=0.9)
+    np.testing.assert_allclose(run_local(model, feeds)[0], ort_run(model, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rois,idx,match", [
+    (np.array([[0, 0, 4, 4]], np.float32), np.array([2], np.int64), "batch index out of range"),
+    (np.array([[0, 0, 1e12, 1e12]], np.float32), np.array([0], np.int64), "give the model a sampling_ratio"),
+])
+def test_roi_align_hostile_requests_fail_alone(rois, idx, match):
+    from memserve.device import CpuDevice
+    from memserve.registry import LoadOptions, Registry
+
+    reg = Registry(CpuDevice(1 << 26))
+    try:
+        reg.load(roi_model(1), LoadOptions(name="m"))
+        x = np.zeros((2, 3, 10, 12), np.float32)
+        with pytest.raises(InvalidArgument, match=match):
+            reg.execute("m", {"x": x, "rois": rois, "idx": idx})
+        reg.execute("m", {"x": x, "rois": np.array([[0, 0, 4, 4]], np.float32), "idx": np.array([1], np.int64)})
+    finally:
+        reg.close()
