@@ -103,3 +103,31 @@ def test_bad_parameters_are_refused_at_load(op, feeds, weights, attrs, match):
                         weights, opset=18)
     with pytest.raises(InvalidArgument, match=match):
         compile_model(model, CompileOptions())
+
+
+@pytest.mark.parametrize("op", ["NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_losses_with_weights_and_an_ignored_class(op, reduction):
+    r = np.random.default_rng(len(op) + len(reduction))
+    x = r.standard_normal((3, 4, 2)).astype(np.float32)
+    if op == "NegativeLogLikelihoodLoss":
+        x = np.log(np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)).astype(np.float32)
+    target = np.array([[0, 3], [2, 1], [1, 1]], np.int64)
+    shape = (3, 2) if reduction == "none" else ()
+    check(op, {"x": x, "t": target}, shape, weights={"w": np.array([1, 0.5, 2, 1], np.float32)},
+          reduction=reduction, ignore_index=1)
+
+
+def test_a_loss_target_out_of_range_fails_the_request():
+    from memserve.device import CpuDevice
+    from memserve.registry import LoadOptions, Registry
+
+    model = graph_model([helper.make_node("NegativeLogLikelihoodLoss", ["x", "t"], ["y"])],
+                        [("x", TensorProto.FLOAT, [2, 3]), ("t", TensorProto.INT64, [2])], [("y", TensorProto.FLOAT, [])])
+    reg = Registry(CpuDevice(1 << 26))
+    try:
+        reg.load(model, LoadOptions(name="m"))
+        with pytest.raises(InvalidArgument, match=r"target is outside \[0, 3\)"):
+            reg.execute("m", {"x": np.zeros((2, 3), np.float32), "t": np.array([0, 3], np.int64)})
+    finally:
+        reg.close()

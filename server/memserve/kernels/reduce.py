@@ -412,3 +412,62 @@ def _build_lp(node, ins, outs):
 
 register(OpDef("Hardmax", _hardmax_infer, _build_hardmax))
 register(OpDef("LpNormalization", _lp_infer, _build_lp))
+
+
+# -- NegativeLogLikelihoodLoss / SoftmaxCrossEntropyLoss ------------------------------------------------
+
+def _loss_infer(node, ins):
+    x, target = ins[0], ins[1]
+    weight = ins[2] if len(ins) > 2 else None
+    if x.dtype.kind != "f" or len(x.shape) < 2 or target.dtype.kind not in "iu" \
+            or target.shape != x.shape[:1] + x.shape[2:]:
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): input {x.shape} must be float (N, C, ...) and "
+                              f"target {target.shape} integers of shape (N, ...)")
+    if weight is not None and weight.shape != (x.shape[1],):
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): weight {weight.shape} must hold C = "
+                              f"{x.shape[1]} values")
+    reduction = node.attrs.get("reduction", "mean")
+    if reduction not in ("none", "sum", "mean"):
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): reduction {reduction!r} is not none/sum/mean")
+    loss = TensorInfo(x.dtype, target.shape if reduction == "none" else ())
+    return [loss, TensorInfo(x.dtype, x.shape)][:max(len(node.outputs), 1)]
+
+
+def _nll(node: Node, logp: np.ndarray, target: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    """-logp[n, target, ...] times the target's weight; ignore_index contributes nothing."""
+    c = logp.shape[1]
+    ignore = node.attrs.get("ignore_index")
+    kept = np.ones(target.shape, bool) if ignore is None else target != ignore
+    t = np.where(kept, target, 0).astype(np.int64)
+    if t.size and (t.min() < 0 or t.max() >= c):
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): a target is outside [0, {c}) on this request")
+    picked = -np.take_along_axis(logp, t[:, None], axis=1)[:, 0]
+    w = (weight[t] if weight is not None else np.ones(t.shape, logp.dtype)) * kept
+    loss = picked * w
+    reduction = node.attrs.get("reduction", "mean")
+    if reduction == "sum":
+        return np.asarray(loss.sum())
+    if reduction == "mean":
+        total = w.sum()
+        return np.asarray(loss.sum() / total if total else 0.0)
+    return loss
+
+
+def _build_loss(node, ins, outs):
+    softmax = node.op_type == "SoftmaxCrossEntropyLoss"
+
+    def run(i, o):
+        x = i[0].astype(np.float64)
+        weight = i[2] if len(i) > 2 and i[2] is not None else None
+        logp = x - x.max(axis=1, keepdims=True) if softmax else x
+        if softmax:
+            logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        np.copyto(o[0], _nll(node, logp, i[1], weight), casting="unsafe")
+        if softmax and len(node.outputs) > 1:
+            np.copyto(o[1], logp, casting="unsafe")
+
+    return run
+
+
+register(OpDef("NegativeLogLikelihoodLoss", _loss_infer, _build_loss))
+register(OpDef("SoftmaxCrossEntropyLoss", _loss_infer, _build_loss))
