@@ -106,3 +106,11 @@ def test_attention_shapes_that_do_not_fit_are_refused_at_load(inputs, attrs, mat
     model = model_of("Attention", inputs, [("y", F, [2, 4, 3, 8])], **attrs)
     with pytest.raises(InvalidArgument, match=match):
         compile_model(model, CompileOptions())
+
+
+def test_the_scores_are_planned_work_memory_not_a_hidden_temporary():
+    inputs = [("q", F, (2, 4, 64, 8)), ("k", F, (2, 4, 96, 8)), ("v", F, (2, 4, 96, 8))]
+    plan = compile_model(model_of("Attention", inputs, [("y", F, [2, 4, 64, 8])]), CompileOptions())
+    scores = 2 * 4 * 64 * 96 * 4
+    assert any(p.nbytes >= scores for p in plan.placements) and plan.work_size >= scores
+    assert plan.work_size == plan.work_lower_bound

@@ -7,7 +7,8 @@ fewer KV heads than query heads each KV head serves a group of query heads (GQA)
 (Q * sqrt(s)) (K * sqrt(s))^T with s = scale or 1 / sqrt(head size), optionally soft-capped
 (c * tanh(x / c)), plus the mask and, with is_causal, a causal mask aligned to the end of the cache;
 a query row with no key to attend gets zeros. qk_matmul_output gives the scores (modes 0, 1), the
-scores plus mask (2) or the probabilities (3).
+scores plus mask (2) or the probabilities (3). The scores, the largest array of the op, are planned
+scratch that the softmax works in place on.
 """
 from __future__ import annotations
 
@@ -154,28 +155,43 @@ def _build_attention(node, ins, outs):
             np.copyto(o[2], v)
         if group > 1:
             k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-        scores = np.matmul(q * root, np.swapaxes(k * root, -1, -2))
+        s = o[n_out]  # the (batch, heads, queries, keys) scores: planned scratch, the largest array here
+        np.matmul(q * root, np.swapaxes(k * root, -1, -2), out=s)
         if cap > 0:
-            scores = cap * np.tanh(scores / dtype.type(cap))
+            s /= dtype.type(cap)
+            np.tanh(s, out=s)
+            s *= dtype.type(cap)
+        if n_out > 3 and mode in (0, 1):
+            np.copyto(o[3], s)
         bias = _bias(node, g, _opt(i, 3), _opt(i, 6), dtype)
-        biased = scores + bias
-        probs = biased.astype(soft_type)
-        top = probs.max(axis=-1, keepdims=True)
-        top = np.where(np.isneginf(top), 0, top)
-        probs = np.exp(probs - top)
-        total = probs.sum(axis=-1, keepdims=True)
-        probs /= np.where(total == 0, 1, total)
+        s += bias
+        if n_out > 3 and mode == 2:
+            np.copyto(o[3], s)
+        p = s if soft_type == dtype else s.astype(soft_type)
+        top = p.max(axis=-1, keepdims=True)
+        p -= np.where(np.isneginf(top), 0, top)
+        np.exp(p, out=p)
+        total = p.sum(axis=-1, keepdims=True)
+        p /= np.where(total == 0, 1, total)
         # A query with no key to attend (its mask all -inf) gets zeros, whatever its scores were.
-        blind = np.isneginf(np.broadcast_to(bias, biased.shape).max(axis=-1, keepdims=True))
-        probs = np.where(blind, 0, probs).astype(dtype)
-        if n_out > 3:
-            np.copyto(o[3], {2: biased, 3: probs}.get(mode, scores), casting="unsafe")
-        y = np.matmul(probs, v)
-        if g["rank"] == 3:
-            y = y.transpose(0, 2, 1, 3).reshape(o[0].shape)
-        np.copyto(o[0], y)
+        blind = np.isneginf(bias.max(axis=-1, keepdims=True))
+        if blind.any():
+            np.copyto(p, 0, where=np.broadcast_to(blind, p.shape))
+        if p is not s:
+            np.copyto(s, p, casting="unsafe")
+        if n_out > 3 and mode == 3:
+            np.copyto(o[3], s)
+        if g["rank"] == 4:
+            np.matmul(s, v, out=o[0])
+        else:
+            np.copyto(o[0], np.matmul(s, v).transpose(0, 2, 1, 3).reshape(o[0].shape))
 
     return run
+
+
+def _attention_scratch(node, ins, outs):
+    g = _attention_dims(node, ins)
+    return [TensorInfo(ins[0].dtype, (g["b"], g["hq"], g["sq"], g["total"]))]
 
 
 # -- RMSNormalization ----------------------------------------------------------------------------------
@@ -265,6 +281,6 @@ def _build_rotary(node, ins, outs):
     return run
 
 
-register(OpDef("Attention", _attention_infer, _build_attention))
+register(OpDef("Attention", _attention_infer, _build_attention, scratch=_attention_scratch))
 register(OpDef("RMSNormalization", _rms_infer, _build_rms))
 register(OpDef("RotaryEmbedding", _rotary_infer, _build_rotary))
