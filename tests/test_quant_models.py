@@ -13,7 +13,9 @@ from models import graph_model, ort_run, run_local
 quantization = pytest.importorskip("onnxruntime.quantization")
 
 
-def quantized(tmp_path, model: bytes, static_feeds=None) -> bytes:
+def quantized(tmp_path, model: bytes, static_feeds=None, qoperator: bool = False) -> bytes:
+    """Dynamic int8 quantization, or static with these calibration feeds (QDQ, or QOperator with
+    per-channel weights)."""
     src, dst = tmp_path / "f32.onnx", tmp_path / "int8.onnx"
     src.write_bytes(model)
     if static_feeds is None:
@@ -26,7 +28,8 @@ def quantized(tmp_path, model: bytes, static_feeds=None) -> bytes:
             def get_next(self):
                 return next(self.it, None)
 
-        quantization.quantize_static(str(src), str(dst), Reader(), quant_format=quantization.QuantFormat.QDQ,
+        fmt = quantization.QuantFormat.QOperator if qoperator else quantization.QuantFormat.QDQ
+        quantization.quantize_static(str(src), str(dst), Reader(), quant_format=fmt, per_channel=qoperator,
                                      activation_type=quantization.QuantType.QUInt8,
                                      weight_type=quantization.QuantType.QInt8)
     return dst.read_bytes()
@@ -139,20 +142,7 @@ def test_a_qoperator_quantized_cnn_runs_qlinearconv_like_onnxruntime(tmp_path):
 
     rng = np.random.default_rng(1)
     calib = [{"x": rng.standard_normal((1, 3, 10, 12)).astype(np.float32)} for _ in range(4)]
-    src, dst = tmp_path / "f32.onnx", tmp_path / "int8.onnx"
-    src.write_bytes(conv_relu())
-
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantization.quantize_static(str(src), str(dst), Reader(), quant_format=quantization.QuantFormat.QOperator,
-                                 per_channel=True, activation_type=quantization.QuantType.QUInt8,
-                                 weight_type=quantization.QuantType.QInt8)
-    model = dst.read_bytes()
+    model = quantized(tmp_path, conv_relu(), calib, qoperator=True)
     assert "QLinearConv" in {n.op_type for n in onnx.load_from_string(model).graph.node}
     x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
     got, want = run_local(model, {"x": x})[0], ort_run(model, {"x": x})[0]
