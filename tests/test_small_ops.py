@@ -131,3 +131,23 @@ def test_a_loss_target_out_of_range_fails_the_request():
             reg.execute("m", {"x": np.zeros((2, 3), np.float32), "t": np.array([0, 3], np.int64)})
     finally:
         reg.close()
+
+
+@pytest.mark.parametrize("src,to", [(np.float32, TensorProto.INT32), (np.int8, TensorProto.UINT8),
+                                    (np.uint16, TensorProto.FLOAT16)])
+def test_bitcast_reads_the_same_bytes(src, to):
+    x = np.array([1.5, -2.0, 0.0, 7.25], np.float32).astype(src) if src != np.uint16 else np.array([15360, 1], np.uint16)
+    model = graph_model([helper.make_node("BitCast", ["x"], ["y"], to=to)], [("x", T.get(np.dtype(src), TensorProto.UINT16),
+                                                                          list(x.shape))], [("y", to, list(x.shape))],
+                        opset=26)
+    got = run_local(model, {"x": x})[0]
+    assert got.tobytes() == x.tobytes() and got.dtype.itemsize == x.dtype.itemsize
+
+
+def test_bitcast_to_bool_from_bytes_is_refused():
+    from memserve.errors import UnsupportedModel
+
+    model = graph_model([helper.make_node("BitCast", ["x"], ["y"], to=TensorProto.BOOL)],
+                        [("x", TensorProto.UINT8, [3])], [("y", TensorProto.BOOL, [3])], opset=26)
+    with pytest.raises(UnsupportedModel, match="only a bool becomes one"):
+        compile_model(model, CompileOptions())

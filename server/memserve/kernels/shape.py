@@ -608,3 +608,27 @@ def _build_crop_pad(node, ins, outs):
 
 
 register(OpDef("CenterCropPad", _crop_pad_infer, _build_crop_pad, const_inputs=(1,)))
+
+
+def _bitcast_infer(node, ins):
+    x = ins[0]
+    to = node.attrs.get("to")
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to))
+    except (KeyError, TypeError, ValueError):
+        dtype = None
+    # Bytes other than 0 and 1 are no bool: only a bool may become one.
+    if dtype not in DTYPES or dtype.itemsize != x.dtype.itemsize or (dtype == np.dtype(bool) and x.dtype != dtype):
+        raise UnsupportedModel(f"node {node.name!r} (BitCast): {x.dtype} cannot be reinterpreted as type {to}: both "
+                               "must be types memserve computes with, of one width, and only a bool becomes one")
+    return [TensorInfo(dtype, x.shape)]
+
+
+def _build_bitcast(node, ins, outs):
+    def run(i, o):
+        np.copyto(o[0].view(i[0].dtype), i[0])  # the same bytes, read as the new type
+
+    return run
+
+
+register(OpDef("BitCast", _bitcast_infer, _build_bitcast))
