@@ -54,6 +54,7 @@ def _per_axis(node: Node, x: TensorInfo, scale: TensorInfo, zp: TensorInfo | Non
 def _saturate(values: np.ndarray, out: np.ndarray) -> None:
     info = np.iinfo(out.dtype)
     np.clip(values, info.min, info.max, out=values)
+    np.copyto(values, info.min, where=np.isnan(values))  # NaN has no integer: the lowest, as onnxruntime gives
     np.copyto(out, values, casting="unsafe")
 
 
