@@ -141,3 +141,11 @@ def test_input_values_over_grpc_and_through_a_restart(client):
     back = _options(__import__("json").loads(__import__("json").dumps(_options_dict(saved))))
     np.testing.assert_array_equal(back.input_values["shape"], [2, 3])
     assert back.input_values["shape"].dtype == np.int64
+
+
+def test_a_zero_past_the_input_rank_and_a_long_unknown_name_get_short_clear_refusals(reg):
+    with pytest.raises(InvalidArgument, match="past the input's rank 1 has no dimension to copy"):
+        reg.load(reshape_model(), LoadOptions(name="m", input_values={"shape": np.array([0, 0], np.int64)}))
+    with pytest.raises(InvalidArgument, match="not inputs of the model") as exc:
+        reg.load(reshape_model(), LoadOptions(name="m", input_values={"\x00" * 5000: np.array([2, 3], np.int64)}))
+    assert len(exc.value.message) < 400

@@ -64,7 +64,10 @@ def _copy_kernel(fn):
 def _reshape_infer(node, ins):
     x = ins[0]
     dims = ints(ins[1])
-    if not node.attrs.get("allowzero", 0):
+    if not node.attrs.get("allowzero", 0):  # 0 copies the input's dimension at that index
+        if any(d == 0 and i >= len(x.shape) for i, d in enumerate(dims)):
+            raise InvalidArgument(f"node {node.name!r} (Reshape): a 0 in {dims[:8]} past the input's rank "
+                                  f"{len(x.shape)} has no dimension to copy")
         dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
     if dims.count(-1) > 1:
         raise InvalidArgument(f"node {node.name!r} (Reshape): more than one -1 in {dims}")

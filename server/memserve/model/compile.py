@@ -137,8 +137,8 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputSh
     Open dimensions the model names alike (dim_param "seq" on ids and mask) are one dimension."""
     unknown = sorted(set(options.input_shapes) - {i.name for i in graph.inputs})
     if unknown:
-        raise InvalidArgument(f"input_shapes names {unknown}, which are not inputs of the model "
-                              f"({[i.name for i in graph.inputs]})")
+        raise InvalidArgument(f"input_shapes names {[n[:64] for n in unknown[:8]]}, which are not inputs of the "
+                              f"model ({[i.name for i in graph.inputs][:32]})")
     batched = any(i.dims and i.dims[0] is None for i in graph.inputs)
     given = {i.name: options.input_shapes[i.name][0] for i in graph.inputs
              if i.dims and i.dims[0] is None and options.input_shapes.get(i.name)}
@@ -212,7 +212,8 @@ def _planning_values(inputs: list[InputShape], given: dict[str, np.ndarray]) -> 
     specs = {name: (dtype, shape, symbols) for name, dtype, shape, symbols in inputs}
     unknown = sorted(set(given) - set(specs))
     if unknown:
-        raise InvalidArgument(f"input_values names {unknown}, which are not inputs of the model ({sorted(specs)})")
+        raise InvalidArgument(f"input_values names {[n[:64] for n in unknown[:8]]}, which are not inputs of the "
+                              f"model ({sorted(specs)[:32]})")
     values = {}
     for name, value in given.items():
         dtype, shape, symbols = specs[name]
