@@ -103,3 +103,15 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01):
             return True
         time.sleep(interval)
     return False
+
+
+@pytest.fixture
+def reg():
+    """An in-process registry (the daemon's load and execute path); empty again, to the byte, afterwards."""
+    from memserve.device import CpuDevice
+    from memserve.registry import Registry
+
+    r = Registry(CpuDevice(1 << 30))
+    yield r
+    r.close()
+    assert r.device.used() == 0

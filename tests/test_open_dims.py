@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper
+from onnx import helper
 
 from memserve.device import CpuDevice
 from memserve.engine import MAX_BINDINGS
@@ -23,14 +23,6 @@ from models import F32, graph_model, ort_run, run_local
 
 def relu_seq():
     return graph_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F32, ["N", "seq"])], [("y", F32, ["N", "seq"])])
-
-
-@pytest.fixture
-def reg():
-    r = Registry(CpuDevice(1 << 30))
-    yield r
-    r.close()
-    assert r.device.used() == 0
 
 
 def test_planned_at_the_maxima_and_every_size_within_runs(reg):

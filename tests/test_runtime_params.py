@@ -4,22 +4,13 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from memserve.device import CpuDevice
 from memserve.errors import InvalidArgument, UnsupportedModel
 from memserve.model import compile_model
-from memserve.registry import LoadOptions, Registry
+from memserve.registry import LoadOptions
 
 from models import graph_model, ort_run
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
-
-
-@pytest.fixture
-def reg():
-    r = Registry(CpuDevice(1 << 26))
-    yield r
-    r.close()
-    assert r.device.used() == 0
 
 
 def run(reg, model, feeds):

@@ -148,7 +148,7 @@ class Executable:
                 env[i] = info.value
         steps: list[StepFn] = []
         nodes: list[Node] = []
-        calls: list[tuple] = []  # per step: ("call", fn, ins, outs) or ("alias", src, dst, shape)
+        calls: list[tuple] = []  # per step: ("call", fn, ins, outs, sized) or ("alias", src, dst, shape)
         for step in plan.steps:
             if step.phase != RUN:
                 continue
@@ -214,11 +214,11 @@ def _generate(plan: Plan, env: list, calls: list[tuple], io: list[tuple]) -> tup
     for k, call in enumerate(calls):
         lines[first + k] = k
         if call[0] == "call":
-            _, fn, ins, outs, *rest = call
+            _, fn, ins, outs, returns_shapes = call
             consts[f"k{k}"] = fn
-            result = f"r{k} = " if rest and rest[0] else ""
+            result = f"r{k} = " if returns_shapes else ""
             body.append(f"{result}k{k}([{', '.join(ref(i) for i in ins)}], [{', '.join(ref(i) for i in outs)}])")
-            if result:
+            if returns_shapes:
                 sized.update({slot: f"r{k}[{j}]" for j, slot in enumerate(outs)})
         else:
             _, src, dst, shape = call

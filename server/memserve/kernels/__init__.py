@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import budget
+from ..errors import InvalidArgument
 from .jit import Compiled
 
 Kernel = Callable[[Sequence[np.ndarray | None], Sequence[np.ndarray]], None]
@@ -90,6 +91,16 @@ class OpDef:
 
 REGISTRY: dict[tuple[str, str], OpDef] = {}
 INTERNAL_DOMAIN = "memserve"  # ops only the compiler emits (ElementwiseChain); refused in uploaded models
+
+
+def node_error(node: Node, why: str) -> InvalidArgument:
+    """A node's refusal, naming it the way every kernel module does: node 'name' (OpType): why."""
+    return InvalidArgument(f"node {node.name!r} ({node.op_type}): {why}")
+
+
+def optional(ins: Sequence, k: int):
+    """Input k of a node, or None when the node omits it (absent, or given as "")."""
+    return ins[k] if len(ins) > k and ins[k] is not None else None
 
 
 def register(op: OpDef, domain: str = "") -> OpDef:

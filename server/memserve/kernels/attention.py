@@ -17,19 +17,13 @@ import math
 import numpy as np
 from onnx import helper
 
-from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from ..errors import UnsupportedModel
+from . import Node, OpDef, TensorInfo, node_error, optional, register
 from .shape import norm_axis
 
 FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _fail(node: Node, why: str) -> InvalidArgument:
-    return InvalidArgument(f"node {node.name!r} ({node.op_type}): {why}")
-
-
-def _opt(ins, k):
-    return ins[k] if len(ins) > k and ins[k] is not None else None
 
 
 # -- Attention -------------------------------------------------------------------------------------------
@@ -38,50 +32,50 @@ def _attention_dims(node: Node, ins) -> dict:
     q, k, v = ins[0], ins[1], ins[2]
     a = node.attrs
     if q.dtype not in FLOATS or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise _fail(node, f"Q, K and V must share one float type, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise node_error(node, f"Q, K and V must share one float type, got {q.dtype}, {k.dtype}, {v.dtype}")
     rank = len(q.shape)
     if rank not in (3, 4) or len(k.shape) != rank or len(v.shape) != rank:
-        raise _fail(node, f"Q, K and V must all be 3-D or all 4-D, got {q.shape}, {k.shape}, {v.shape}")
+        raise node_error(node, f"Q, K and V must all be 3-D or all 4-D, got {q.shape}, {k.shape}, {v.shape}")
     if rank == 3:
         hq, hkv = a.get("q_num_heads", 0), a.get("kv_num_heads", 0)
         if hq < 1 or hkv < 1 or q.shape[2] % hq or k.shape[2] % hkv or v.shape[2] % hkv:
-            raise _fail(node, f"3-D inputs need q_num_heads and kv_num_heads dividing the hidden sizes "
+            raise node_error(node, f"3-D inputs need q_num_heads and kv_num_heads dividing the hidden sizes "
                               f"{q.shape[2]}, {k.shape[2]}, {v.shape[2]}")
         b, sq, d = q.shape[0], q.shape[1], q.shape[2] // hq
         skv, dk, dv = k.shape[1], k.shape[2] // hkv, v.shape[2] // hkv
         if v.shape[1] != skv:
-            raise _fail(node, "K and V must have one sequence length")
+            raise node_error(node, "K and V must have one sequence length")
     else:
         b, hq, sq, d = q.shape
         _, hkv, skv, dk = k.shape
         dv = v.shape[3]
         if v.shape[:3] != (b, hkv, skv):
-            raise _fail(node, f"V {v.shape} does not match K {k.shape}")
+            raise node_error(node, f"V {v.shape} does not match K {k.shape}")
     if k.shape[0] != b or v.shape[0] != b or dk != d or hq % hkv:
-        raise _fail(node, f"K {k.shape} and V {v.shape} do not fit Q {q.shape} (head size, batch, "
+        raise node_error(node, f"K {k.shape} and V {v.shape} do not fit Q {q.shape} (head size, batch, "
                           "or query heads not a multiple of KV heads)")
-    past_k, past_v = _opt(ins, 4), _opt(ins, 5)
+    past_k, past_v = optional(ins, 4), optional(ins, 5)
     if (past_k is None) != (past_v is None):
-        raise _fail(node, "past_key and past_value come together")
+        raise node_error(node, "past_key and past_value come together")
     past = 0
     if past_k is not None:
         past = past_k.shape[2] if len(past_k.shape) == 4 else -1
         if past_k.shape != (b, hkv, past, d) or past_v.shape != (b, hkv, past, dv):
-            raise _fail(node, f"past_key {past_k.shape} / past_value {past_v.shape} must be (batch, KV heads, "
+            raise node_error(node, f"past_key {past_k.shape} / past_value {past_v.shape} must be (batch, KV heads, "
                               "past length, head size)")
-    if _opt(ins, 6) is not None and past_k is not None:
-        raise _fail(node, "nonpad_kv_seqlen cannot be combined with a past cache")
-    mask = _opt(ins, 3)
+    if optional(ins, 6) is not None and past_k is not None:
+        raise node_error(node, "nonpad_kv_seqlen cannot be combined with a past cache")
+    mask = optional(ins, 3)
     total = past + skv
     if mask is not None:
         if mask.dtype != np.dtype(bool) and mask.dtype != q.dtype:
-            raise _fail(node, f"the mask must be boolean or {q.dtype}, got {mask.dtype}")
+            raise node_error(node, f"the mask must be boolean or {q.dtype}, got {mask.dtype}")
         if not mask.shape or mask.shape[-1] > total or len(mask.shape) > 4:
-            raise _fail(node, f"the mask {mask.shape} must end in at most {total} keys")
+            raise node_error(node, f"the mask {mask.shape} must end in at most {total} keys")
         try:
             np.broadcast_shapes(mask.shape[:-1] + (total,), (b, hq, sq, total))
         except ValueError:
-            raise _fail(node, f"the mask {mask.shape} does not broadcast to {(b, hq, sq, total)}") from None
+            raise node_error(node, f"the mask {mask.shape} does not broadcast to {(b, hq, sq, total)}") from None
     if a.get("softmax_precision") not in (None, 1, 10, 11, 16):
         raise UnsupportedModel(f"node {node.name!r} (Attention): softmax_precision {a['softmax_precision']} "
                                "is not supported")
@@ -147,7 +141,7 @@ def _build_attention(node, ins, outs):
         q = _heads(i[0], g["hq"], g["rank"])
         k = _heads(i[1], g["hkv"], g["rank"])
         v = _heads(i[2], g["hkv"], g["rank"])
-        if _opt(i, 4) is not None:
+        if optional(i, 4) is not None:
             k, v = np.concatenate([i[4], k], axis=2), np.concatenate([i[5], v], axis=2)
         if n_out > 1:
             np.copyto(o[1], k)
@@ -163,7 +157,7 @@ def _build_attention(node, ins, outs):
             s *= dtype.type(cap)
         if n_out > 3 and mode in (0, 1):
             np.copyto(o[3], s)
-        bias = _bias(node, g, _opt(i, 3), _opt(i, 6), dtype)
+        bias = _bias(node, g, optional(i, 3), optional(i, 6), dtype)
         s += bias
         if n_out > 3 and mode == 2:
             np.copyto(o[3], s)
@@ -199,12 +193,12 @@ def _attention_scratch(node, ins, outs):
 def _rms_infer(node, ins):
     x, scale = ins[0], ins[1]
     if x.dtype not in FLOATS or not x.shape:
-        raise _fail(node, f"X must be a float tensor of rank 1 or more, got {x.dtype} {x.shape}")
+        raise node_error(node, f"X must be a float tensor of rank 1 or more, got {x.dtype} {x.shape}")
     axis = norm_axis(node, node.attrs.get("axis", -1), len(x.shape))
     try:
         np.broadcast_shapes(scale.shape, x.shape[axis:])
     except ValueError:
-        raise _fail(node, f"scale {scale.shape} does not broadcast to {x.shape[axis:]}") from None
+        raise node_error(node, f"scale {scale.shape} does not broadcast to {x.shape[axis:]}") from None
     return [TensorInfo(x.dtype, x.shape)]
 
 
@@ -226,27 +220,27 @@ def _build_rms(node, ins, outs):
 
 def _rotary_dims(node: Node, ins) -> tuple[int, int, int, int]:
     x, cos, sin = ins[0], ins[1], ins[2]
-    pos = _opt(ins, 3)
+    pos = optional(ins, 3)
     if x.dtype not in FLOATS or cos.dtype != x.dtype or sin.dtype != x.dtype:
-        raise _fail(node, f"input, cos_cache and sin_cache must share one float type")
+        raise node_error(node, "input, cos_cache and sin_cache must share one float type")
     if len(x.shape) == 4:
         b, heads, s, d = x.shape
     elif len(x.shape) == 3:
         heads = node.attrs.get("num_heads", 0)
         if heads < 1 or x.shape[2] % heads:
-            raise _fail(node, f"3-D input needs num_heads dividing its hidden size {x.shape[2]}")
+            raise node_error(node, f"3-D input needs num_heads dividing its hidden size {x.shape[2]}")
         b, s, d = x.shape[0], x.shape[1], x.shape[2] // heads
     else:
-        raise _fail(node, f"input must be 3-D or 4-D, got {x.shape}")
+        raise node_error(node, f"input must be 3-D or 4-D, got {x.shape}")
     rot = node.attrs.get("rotary_embedding_dim", 0) or d
     if rot % 2 or rot > d:
-        raise _fail(node, f"rotary_embedding_dim {rot} must be even and at most the head size {d}")
+        raise node_error(node, f"rotary_embedding_dim {rot} must be even and at most the head size {d}")
     if cos.shape != sin.shape or cos.shape[-1:] != (rot // 2,):
-        raise _fail(node, f"cos_cache {cos.shape} and sin_cache {sin.shape} must end in {rot // 2}")
+        raise node_error(node, f"cos_cache {cos.shape} and sin_cache {sin.shape} must end in {rot // 2}")
     if pos is None and cos.shape != (b, s, rot // 2):
-        raise _fail(node, f"without position_ids the caches must be {(b, s, rot // 2)}, got {cos.shape}")
+        raise node_error(node, f"without position_ids the caches must be {(b, s, rot // 2)}, got {cos.shape}")
     if pos is not None and (pos.shape != (b, s) or len(cos.shape) != 2 or pos.dtype.kind not in "iu"):
-        raise _fail(node, f"position_ids must be integers of shape {(b, s)}, with 2-D caches")
+        raise node_error(node, f"position_ids must be integers of shape {(b, s)}, with 2-D caches")
     return heads, d, rot, s
 
 
@@ -263,10 +257,10 @@ def _build_rotary(node, ins, outs):
     def run(i, o):
         x = i[0].transpose(0, 2, 1, 3) if four else i[0].reshape(i[0].shape[0], i[0].shape[1], heads, d)
         cos, sin = i[1], i[2]
-        if _opt(i, 3) is not None:
+        if optional(i, 3) is not None:
             pos = i[3]
             if pos.size and (pos.min() < 0 or pos.max() >= cos.shape[0]):
-                raise _fail(node, f"position id out of range [0, {cos.shape[0]}) on this request")
+                raise node_error(node, f"position id out of range [0, {cos.shape[0]}) on this request")
             cos, sin = cos[pos], sin[pos]
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # (batch, sequence, 1, rot / 2): every head
         y = o[0].transpose(0, 2, 1, 3) if four else o[0].reshape(x.shape)

@@ -12,26 +12,23 @@ import math
 
 import numpy as np
 
-from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from ..errors import UnsupportedModel
+from . import Node, OpDef, TensorInfo, node_error, register
 from .shape import check_rank, ints, norm_axis
 
 REDUCTIONS = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
-def _fail(node: Node, why: str) -> InvalidArgument:
-    return InvalidArgument(f"node {node.name!r} ({node.op_type}): {why}")
-
 
 def _check_integer(node: Node, info: TensorInfo, what: str = "indices") -> None:
     if info.dtype.kind not in "iu":
-        raise _fail(node, f"{what} must be integers, got {info.dtype}")
+        raise node_error(node, f"{what} must be integers, got {info.dtype}")
 
 
 def _in_range(node: Node, idx: np.ndarray, dim: int) -> np.ndarray:
     """idx with negatives counted from the end; any outside [-dim, dim) fails the request."""
     if idx.size and (idx.min() < -dim or idx.max() >= dim):
-        raise _fail(node, f"index out of range [-{dim}, {dim}) on this request")
+        raise node_error(node, f"index out of range [-{dim}, {dim}) on this request")
     return np.where(idx < 0, idx + dim, idx) if idx.size and idx.min() < 0 else idx
 
 
@@ -47,10 +44,10 @@ def _reduction(node: Node):
 def _elements_check(node: Node, data: TensorInfo, idx: TensorInfo) -> int:
     _check_integer(node, idx)
     if len(idx.shape) != len(data.shape) or not data.shape:
-        raise _fail(node, f"indices {idx.shape} and data {data.shape} must have the same rank, at least 1")
+        raise node_error(node, f"indices {idx.shape} and data {data.shape} must have the same rank, at least 1")
     axis = norm_axis(node, node.attrs.get("axis", 0), len(data.shape))
     if any(i > d for k, (i, d) in enumerate(zip(idx.shape, data.shape)) if k != axis):
-        raise _fail(node, f"indices {idx.shape} exceed data {data.shape} off the axis")
+        raise node_error(node, f"indices {idx.shape} exceed data {data.shape} off the axis")
     return axis
 
 
@@ -75,7 +72,7 @@ def _scatter_elements_infer(node, ins):
     data, idx, upd = ins
     _elements_check(node, data, idx)
     if upd.shape != idx.shape or upd.dtype != data.dtype:
-        raise _fail(node, f"updates {upd.shape} {upd.dtype} must match indices {idx.shape} and data's type")
+        raise node_error(node, f"updates {upd.shape} {upd.dtype} must match indices {idx.shape} and data's type")
     return [TensorInfo(data.dtype, data.shape)]
 
 
@@ -103,12 +100,12 @@ def _build_scatter_elements(node, ins, outs):
 def _nd_check(node: Node, data: TensorInfo, idx: TensorInfo, batch: int = 0) -> int:
     _check_integer(node, idx)
     if not idx.shape or not data.shape:
-        raise _fail(node, "data and indices must have at least one dimension")
+        raise node_error(node, "data and indices must have at least one dimension")
     k = idx.shape[-1]
     if not 0 <= batch < min(len(data.shape), len(idx.shape)) or data.shape[:batch] != idx.shape[:batch]:
-        raise _fail(node, f"batch_dims {batch} does not fit data {data.shape} and indices {idx.shape}")
+        raise node_error(node, f"batch_dims {batch} does not fit data {data.shape} and indices {idx.shape}")
     if not 1 <= k <= len(data.shape) - batch:
-        raise _fail(node, f"indices' last dimension {k} must be 1 to {len(data.shape) - batch}")
+        raise node_error(node, f"indices' last dimension {k} must be 1 to {len(data.shape) - batch}")
     return k
 
 
@@ -144,7 +141,7 @@ def _scatter_nd_infer(node, ins):
     k = _nd_check(node, data, idx)
     want = idx.shape[:-1] + data.shape[k:]
     if upd.shape != want or upd.dtype != data.dtype:
-        raise _fail(node, f"updates must be {data.dtype} {want}, got {upd.dtype} {upd.shape}")
+        raise node_error(node, f"updates must be {data.dtype} {want}, got {upd.dtype} {upd.shape}")
     return [TensorInfo(data.dtype, data.shape)]
 
 
@@ -169,17 +166,17 @@ def _build_scatter_nd(node, ins, outs):
 def _topk_parts(node: Node, ins) -> tuple[int, int]:
     x = ins[0]
     if not x.shape:
-        raise _fail(node, "input must have at least one dimension")
+        raise node_error(node, "input must have at least one dimension")
     axis = norm_axis(node, node.attrs.get("axis", -1), len(x.shape))
     if node.opset < 10:
         k = node.attrs.get("k", 0)
     else:
         ks = ints(ins[1])
         if len(ks) != 1:
-            raise _fail(node, f"k must hold one value, got {len(ks)}")
+            raise node_error(node, f"k must hold one value, got {len(ks)}")
         k = ks[0]
     if not 0 <= k <= x.shape[axis]:
-        raise _fail(node, f"k {k} is outside 0..{x.shape[axis]} (the axis' size)")
+        raise node_error(node, f"k {k} is outside 0..{x.shape[axis]} (the axis' size)")
     return axis, k
 
 
@@ -218,9 +215,9 @@ def _onehot_parts(node: Node, ins) -> tuple[int, int]:
         raise UnsupportedModel(f"node {node.name!r} (OneHot): depth must be known when the model loads")
     d = float(np.asarray(depth.value).reshape(-1)[0]) if np.asarray(depth.value).size == 1 else None
     if d is None or not 1 <= d <= MAX_DEPTH:
-        raise _fail(node, f"depth must be one value from 1 to {MAX_DEPTH}, got {depth.value!r:.64}")
+        raise node_error(node, f"depth must be one value from 1 to {MAX_DEPTH}, got {depth.value!r:.64}")
     if len(values.shape) != 1 or values.shape[0] != 2:
-        raise _fail(node, f"values must hold two elements [off, on], got shape {values.shape}")
+        raise node_error(node, f"values must hold two elements [off, on], got shape {values.shape}")
     axis = norm_axis(node, node.attrs.get("axis", -1), len(idx.shape) + 1)
     return int(d), axis
 
@@ -251,7 +248,7 @@ def _build_onehot(node, ins, outs):
 def _cumsum_axis(node: Node, ins) -> int | None:
     """The axis, or None when it arrives with each request (a graph input: value_inputs)."""
     if math.prod(ins[1].shape) != 1:
-        raise _fail(node, f"axis must be one value, got shape {ins[1].shape}")
+        raise node_error(node, f"axis must be one value, got shape {ins[1].shape}")
     if ins[1].value is None:
         return None
     return norm_axis(node, ints(ins[1])[0], len(ins[0].shape))
@@ -293,7 +290,7 @@ def _build_cumulative(node, ins, outs):
 def _block(node: Node, x: TensorInfo) -> int:
     bs = node.attrs.get("blocksize", 0)
     if len(x.shape) != 4 or bs < 1:
-        raise _fail(node, f"needs a 4-D input and blocksize >= 1, got {x.shape} and {bs}")
+        raise node_error(node, f"needs a 4-D input and blocksize >= 1, got {x.shape} and {bs}")
     return bs
 
 
@@ -301,7 +298,7 @@ def _d2s_infer(node, ins):
     b, c, h, w = ins[0].shape
     bs = _block(node, ins[0])
     if c % (bs * bs):
-        raise _fail(node, f"channels {c} are not a multiple of blocksize^2 {bs * bs}")
+        raise node_error(node, f"channels {c} are not a multiple of blocksize^2 {bs * bs}")
     return [TensorInfo(ins[0].dtype, (b, c // (bs * bs), h * bs, w * bs))]
 
 
@@ -324,7 +321,7 @@ def _s2d_infer(node, ins):
     b, c, h, w = ins[0].shape
     bs = _block(node, ins[0])
     if h % bs or w % bs:
-        raise _fail(node, f"height {h} and width {w} must be multiples of blocksize {bs}")
+        raise node_error(node, f"height {h} and width {w} must be multiples of blocksize {bs}")
     return [TensorInfo(ins[0].dtype, (b, c * bs * bs, h // bs, w // bs))]
 
 

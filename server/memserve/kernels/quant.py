@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, depthwise, register
+from ..errors import UnsupportedModel
+from . import Node, OpDef, TensorInfo, depthwise, node_error, optional, register
 from . import conv as C
 from .linalg import matmul_shape
 from .shape import norm_axis
@@ -25,9 +25,6 @@ QUANT_TYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
 ONNX_TYPES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16"}  # output_dtype attribute values
 F32, F64, I32 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32)
 
-
-def _fail(node: Node, why: str) -> InvalidArgument:
-    return InvalidArgument(f"node {node.name!r} ({node.op_type}): {why}")
 
 
 def _no_blocks(node: Node) -> None:
@@ -40,14 +37,14 @@ def _per_axis(node: Node, x: TensorInfo, scale: TensorInfo, zp: TensorInfo | Non
     """How scale and zero point broadcast against x: a scalar, or one value per index of `axis`."""
     single = scale.shape in ((), (1,))
     if zp is not None and zp.shape != scale.shape and not (single and zp.shape in ((), (1,))):
-        raise _fail(node, f"zero point {zp.shape} and scale {scale.shape} must have one shape")
+        raise node_error(node, f"zero point {zp.shape} and scale {scale.shape} must have one shape")
     if single:
         return ()
     if len(scale.shape) != 1:
-        raise _fail(node, f"scale must be a scalar or 1-D, got {scale.shape}")
+        raise node_error(node, f"scale must be a scalar or 1-D, got {scale.shape}")
     axis = norm_axis(node, node.attrs.get("axis", 1), len(x.shape))
     if x.shape[axis] != scale.shape[0]:
-        raise _fail(node, f"{scale.shape[0]} scales for axis {axis} of size {x.shape[axis]}")
+        raise node_error(node, f"{scale.shape[0]} scales for axis {axis} of size {x.shape[axis]}")
     return tuple(-1 if k == axis else 1 for k in range(len(x.shape)))
 
 
@@ -105,7 +102,7 @@ def _dequantize_infer(node, ins):
     if x.dtype not in QUANT_TYPES | {I32}:
         raise UnsupportedModel(f"node {node.name!r} (DequantizeLinear): input type {x.dtype} is not supported")
     if scale.dtype.kind != "f":
-        raise _fail(node, f"scale must be a float type, got {scale.dtype}")
+        raise node_error(node, f"scale must be a float type, got {scale.dtype}")
     _per_axis(node, x, scale, zp)
     return [TensorInfo(scale.dtype, x.shape)]
 
@@ -130,7 +127,7 @@ def _build_dequantize(node, ins, outs):
 
 def _dynamic_infer(node, ins):
     if ins[0].dtype != F32:
-        raise _fail(node, f"input must be float32, got {ins[0].dtype}")
+        raise node_error(node, f"input must be float32, got {ins[0].dtype}")
     u8 = np.dtype(np.uint8)
     return [TensorInfo(u8, ins[0].shape), TensorInfo(F32, ()), TensorInfo(u8, ())]
 
@@ -169,7 +166,7 @@ def _zero_point_shape(node: Node, zp: TensorInfo | None, x: TensorInfo, rows: bo
         return ()
     n = x.shape[-2] if rows else x.shape[-1]
     if len(zp.shape) != 1 or zp.shape[0] != n or len(x.shape) < 2:
-        raise _fail(node, f"zero point {zp.shape} must be a scalar or hold {n} values")
+        raise node_error(node, f"zero point {zp.shape} must be a scalar or hold {n} values")
     return (n, 1) if rows else (n,)
 
 
@@ -268,13 +265,13 @@ def _channel_shape(node: Node, t: TensorInfo | None, w: TensorInfo, what: str, r
     if t is None or t.shape in ((), (1,)):
         return ()
     if t.shape != (w.shape[0],):
-        raise _fail(node, f"{what} {t.shape} must be a scalar or hold one value per output channel ({w.shape[0]})")
+        raise node_error(node, f"{what} {t.shape} must be a scalar or hold one value per output channel ({w.shape[0]})")
     return tuple(-1 if k == axis else 1 for k in range(rank))
 
 
 def _conv_integer_infer(node, ins):
     _, _, fout, _ = _float_conv(node, ins, 0, 1)
-    _channel_shape(node, _opt(ins, 3), ins[1], "w_zero_point", len(ins[1].shape), 0)
+    _channel_shape(node, optional(ins, 3), ins[1], "w_zero_point", len(ins[1].shape), 0)
     return [TensorInfo(I32, fout.shape)]
 
 
@@ -284,9 +281,9 @@ def _qconv_infer(node, ins):
         _channel_shape(node, ins[k], ins[3], what, len(ins[3].shape), 0)
     if ins[7].dtype not in QUANT_TYPES:
         raise UnsupportedModel(f"node {node.name!r} (QLinearConv): output type {ins[7].dtype} is not supported")
-    b = _opt(ins, 8)
+    b = optional(ins, 8)
     if b is not None and (b.dtype != I32 or b.shape != (ins[3].shape[0],)):
-        raise _fail(node, f"B must be int32 with one value per output channel, got {b.dtype} {b.shape}")
+        raise node_error(node, f"B must be int32 with one value per output channel, got {b.dtype} {b.shape}")
     return [TensorInfo(ins[7].dtype, fout.shape)]
 
 
@@ -298,21 +295,18 @@ def _int_conv_scratch(x_at: int, w_at: int):
     return scratch
 
 
-def _opt(ins, k):
-    return ins[k] if len(ins) > k and ins[k] is not None else None
-
 
 def _int_conv(node, ins, x_at: int, w_at: int, xzp_at: int, wzp_at: int):
     """The shared part: centre x and w into scratch, run the float Conv into the accumulator."""
     fnode, fins, fout, _ = _float_conv(node, ins, x_at, w_at)
     conv = C._build_fused_conv(fnode, fins, [fout])
     w = ins[w_at]
-    wzp = _channel_shape(node, _opt(ins, wzp_at), w, "w_zero_point", len(w.shape), 0)
+    wzp = _channel_shape(node, optional(ins, wzp_at), w, "w_zero_point", len(w.shape), 0)
 
     def accumulate(i, o) -> np.ndarray:
         xf, wf, acc = o[1], o[2], o[3]
-        _centre(i[x_at], _opt(i, xzp_at), (), xf)
-        _centre(i[w_at], _opt(i, wzp_at), wzp, wf)
+        _centre(i[x_at], optional(i, xzp_at), (), xf)
+        _centre(i[w_at], optional(i, wzp_at), wzp, wf)
         conv([xf, wf], [acc] + list(o[4:]))
         return acc
 
@@ -336,7 +330,7 @@ def _build_qconv(node, ins, outs):
 
     def run(i, o):
         acc = accumulate(i, o)
-        if _opt(i, 8) is not None:
+        if optional(i, 8) is not None:
             acc += i[8].reshape(bias)
         w_scale = i[4].reshape(per_channel) if per_channel else i[4].reshape(())
         mult = (i[1].reshape(()) * w_scale / i[6].reshape(()))  # in the scales' type, as the reference

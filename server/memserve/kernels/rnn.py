@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, register
+from ..errors import UnsupportedModel
+from . import Node, OpDef, TensorInfo, node_error, register
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
@@ -21,9 +21,6 @@ PARAMETERS = {"Sigmoid": None, "Tanh": None, "Relu": None, "Softsign": None, "So
               "LeakyRelu": (0.01, None), "ThresholdedRelu": (1.0, None), "Elu": (1.0, None),
               "HardSigmoid": (0.2, 0.5), "Affine": (1.0, 0.0), "ScaledTanh": (1.0, 1.0)}
 
-
-def _fail(node: Node, why: str) -> InvalidArgument:
-    return InvalidArgument(f"node {node.name!r} ({node.op_type}): {why}")
 
 
 def _activation(name: str, alpha: float | None, beta: float | None):
@@ -43,7 +40,7 @@ def _activations(node: Node, dirs: int) -> list[list]:
     names = node.attrs.get("activations") or DEFAULT_ACTIVATIONS[node.op_type] * dirs
     per = len(DEFAULT_ACTIVATIONS[node.op_type])
     if len(names) != per * dirs:
-        raise _fail(node, f"{len(names)} activations; it needs {per} per direction")
+        raise node_error(node, f"{len(names)} activations; it needs {per} per direction")
     alphas, betas = list(node.attrs.get("activation_alpha", [])), list(node.attrs.get("activation_beta", []))
     fns = []
     for name in names:
@@ -63,11 +60,11 @@ def _parts(node: Node, ins) -> tuple[int, int, int, int, int, int]:
     """(dirs, gates, hidden, seq, batch, features), every input's shape checked against them."""
     direction = node.attrs.get("direction", "forward")
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise _fail(node, f"direction {direction!r} is not forward, reverse or bidirectional")
+        raise node_error(node, f"direction {direction!r} is not forward, reverse or bidirectional")
     dirs, gates = 2 if direction == "bidirectional" else 1, GATES[node.op_type]
     x, w, r = ins[0], ins[1], ins[2]
     if len(x.shape) != 3:
-        raise _fail(node, f"X must be 3-D, got {x.shape}")
+        raise node_error(node, f"X must be 3-D, got {x.shape}")
     seq, batch, feat = x.shape if not node.attrs.get("layout", 0) else (x.shape[1], x.shape[0], x.shape[2])
     hidden = node.attrs.get("hidden_size") or (r.shape[-1] if len(r.shape) == 3 else 0)
     want = {1: (dirs, gates * hidden, feat), 2: (dirs, gates * hidden, hidden), 3: (dirs, 2 * gates * hidden),
@@ -79,11 +76,11 @@ def _parts(node: Node, ins) -> tuple[int, int, int, int, int, int]:
             if node.attrs.get("layout", 0) and k in (5, 6):
                 shape = (batch, dirs, hidden)
             if got != shape:
-                raise _fail(node, f"{names[k]} must have shape {shape}, got {got}")
+                raise node_error(node, f"{names[k]} must have shape {shape}, got {got}")
     if hidden < 1 or w.dtype != x.dtype or r.dtype != x.dtype or x.dtype.kind != "f":
-        raise _fail(node, f"needs hidden_size >= 1 and float W, R of X's type ({x.dtype})")
+        raise node_error(node, f"needs hidden_size >= 1 and float W, R of X's type ({x.dtype})")
     if len(ins) > 4 and ins[4] is not None and ins[4].dtype.kind not in "iu":
-        raise _fail(node, f"sequence_lens must be integers, got {ins[4].dtype}")
+        raise node_error(node, f"sequence_lens must be integers, got {ins[4].dtype}")
     return dirs, gates, hidden, seq, batch, feat
 
 

@@ -10,15 +10,11 @@ import math
 
 import numpy as np
 
-from ..errors import InvalidArgument
-from . import Node, OpDef, TensorInfo, register
+from . import OpDef, TensorInfo, node_error, register
 from .shape import norm_axis
 
 I64 = np.dtype(np.int64)
 
-
-def _fail(node: Node, why: str) -> InvalidArgument:
-    return InvalidArgument(f"node {node.name!r} ({node.op_type}): {why}")
 
 
 def _put(out: np.ndarray, value: np.ndarray) -> tuple[int, ...]:
@@ -46,7 +42,7 @@ def _build_nonzero(node, ins, outs):
 def _compress_infer(node, ins):
     x, cond = ins
     if cond.dtype != np.dtype(bool) or len(cond.shape) != 1:
-        raise _fail(node, f"condition must be a 1-D bool tensor, got {cond.dtype} {cond.shape}")
+        raise node_error(node, f"condition must be a 1-D bool tensor, got {cond.dtype} {cond.shape}")
     if "axis" not in node.attrs:
         return [TensorInfo(x.dtype, (min(cond.shape[0], math.prod(x.shape)),))]
     axis = norm_axis(node, node.attrs["axis"], len(x.shape))
@@ -108,7 +104,7 @@ def _nms_infer(node, ins):
     boxes, scores = ins[0], ins[1]
     if len(boxes.shape) != 3 or boxes.shape[2] != 4 or len(scores.shape) != 3 \
             or scores.shape[0] != boxes.shape[0] or scores.shape[2] != boxes.shape[1]:
-        raise _fail(node, f"boxes {boxes.shape} must be (batch, boxes, 4) and scores {scores.shape} "
+        raise node_error(node, f"boxes {boxes.shape} must be (batch, boxes, 4) and scores {scores.shape} "
                           "(batch, classes, boxes)")
     b, c, n = scores.shape
     return [TensorInfo(I64, (b * c * n, 3))]
