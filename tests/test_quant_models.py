@@ -117,7 +117,7 @@ def test_matmul_integer_is_exact_at_any_depth(k):
     ("QuantizeLinear", [("x", F, [2, 3])], [("y", U8, [2, 3])],
      {"s": np.ones(3, np.float32), "z": np.zeros(2, np.uint8)}, {"axis": 1}, "must have one shape"),
     ("DequantizeLinear", [("x", U8, [2, 4])], [("y", F, [2, 4])],
-     {"s": np.ones((2, 2), np.float32)}, {"block_size": 2, "axis": 1}, "blocked quantization"),
+     {"s": np.ones((2, 3), np.float32)}, {"block_size": 2, "axis": 1}, "block_size 2 along axis 1"),
     ("MatMulInteger", [("a", U8, [2, 3]), ("b", U8, [4, 2])], [("y", TensorProto.INT32, [2, 2])], {}, {},
      "inner dimensions differ"),
     ("MatMulInteger", [("a", U8, [2, 3]), ("b", U8, [3, 2])], [("y", TensorProto.INT32, [2, 2])],

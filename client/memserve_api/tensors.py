@@ -13,19 +13,40 @@ _TO_NUMPY: dict[int, np.dtype] = {
 }
 _TO_PB: dict[str, int] = {dt.name: code for code, dt in _TO_NUMPY.items()}
 _BY_DTYPE: dict[np.dtype, int] = {dt: code for code, dt in _TO_NUMPY.items()}  # no .name: it costs ~2 us
+# ONNX's narrow types come from ml_dtypes (the `narrow` extra; onnx's own dependency, so the daemon always has
+# it), loaded the first time one is met: a light client still talks to every model whose tensors are wide.
+_NARROW = {pb.BFLOAT16: "bfloat16", pb.FLOAT8E4M3FN: "float8_e4m3fn", pb.FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
+           pb.FLOAT8E5M2: "float8_e5m2", pb.FLOAT8E5M2FNUZ: "float8_e5m2fnuz", pb.FLOAT8E8M0: "float8_e8m0fnu",
+           pb.FLOAT4E2M1: "float4_e2m1fn", pb.INT4: "int4", pb.UINT4: "uint4", pb.INT2: "int2", pb.UINT2: "uint2"}
+
+
+def _add_narrow_types() -> None:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ValueError("ONNX's narrow types (bfloat16, float8, int4, ...) need ml_dtypes: "
+                         "pip install 'memserve-client[narrow]'") from None
+    for code, name in _NARROW.items():
+        dt = np.dtype(getattr(ml_dtypes, name))
+        _TO_NUMPY[code], _TO_PB[name], _BY_DTYPE[dt] = dt, code, code
 
 
 def dtype_to_pb(dtype: np.dtype) -> int:
     code = _BY_DTYPE.get(dtype)
     if code is not None:
         return code
+    name = np.dtype(dtype).name
+    if name in _NARROW.values() and name not in _TO_PB:
+        _add_narrow_types()
     try:
-        return _TO_PB[np.dtype(dtype).name]
+        return _TO_PB[name]
     except KeyError:
         raise ValueError(f"dtype {np.dtype(dtype)} is not supported; use one of {sorted(_TO_PB)}") from None
 
 
 def dtype_from_pb(code: int) -> np.dtype:
+    if code in _NARROW and code not in _TO_NUMPY:
+        _add_narrow_types()
     try:
         return _TO_NUMPY[code]
     except KeyError:

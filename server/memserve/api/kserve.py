@@ -181,7 +181,7 @@ def infer_response(request, model: LoadedModel, result, wanted: list[str], raw: 
             continue
         name = datatype(out.dtype)
         tensor = r.outputs.add(name=out.name, datatype=name, shape=out.shape)
-        field = DATATYPES[name][1]
+        field = DATATYPES[name][1] if name in DATATYPES else None
         if raw or field is None:
             r.raw_output_contents.append(out.data)
         else:

@@ -58,7 +58,7 @@ HTTP_STATUS = {"INVALID_ARGUMENT": 400, "ALREADY_EXISTS": 400, "CANCELLED": 400,
                "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "UNIMPLEMENTED": 501, "INTERNAL": 500}
 
 # the Python types (as json.loads makes them) each kind of datatype takes
-_KINDS = {"f": {int, float}, "i": {int}, "u": {int}, "b": {bool}}
+_KINDS = {"f": {int, float}, "i": {int}, "u": {int}, "b": {bool}, "V": {int, float}}  # V: bfloat16
 _JSON_TYPES = {str: "string", list: "list", dict: "object", type(None): "null", bool: "boolean", float: "number",
                int: "integer"}
 

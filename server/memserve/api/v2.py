@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+import ml_dtypes
 import numpy as np
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -32,14 +33,18 @@ SERVER_NAME = "memserve"
 DATATYPES = {"BOOL": ("?", "bool_contents"), "UINT8": ("u1", "uint_contents"), "UINT16": ("<u2", "uint_contents"),
              "UINT32": ("<u4", "uint_contents"), "UINT64": ("<u8", "uint64_contents"), "INT8": ("i1", "int_contents"),
              "INT16": ("<i2", "int_contents"), "INT32": ("<i4", "int_contents"), "INT64": ("<i8", "int64_contents"),
-             "FP16": ("<f2", None), "FP32": ("<f4", "fp32_contents"), "FP64": ("<f8", "fp64_contents")}
+             "FP16": ("<f2", None), "FP32": ("<f4", "fp32_contents"), "FP64": ("<f8", "fp64_contents"),
+             "BF16": (ml_dtypes.bfloat16, None)}
 BY_DTYPE = {np.dtype(code).name: name for name, (code, _) in DATATYPES.items()}
 CONFIG_TYPES = {name: getattr(mc, f"TYPE_{name}") for name in DATATYPES}
 MAX_PRIORITY = 2**63 - 1  # Triton's priority is a uint64; memserve caps the level it maps to (priority_level)
 
 
 def datatype(dtype: np.dtype) -> str:
-    return BY_DTYPE[np.dtype(dtype).name]
+    """The protocol's name for a dtype; the narrow types it has no name for (float8, int4, ...) are shown by
+    their ONNX names, and requests cannot send them (dtype_of)."""
+    name = np.dtype(dtype).name
+    return BY_DTYPE.get(name) or name.upper().replace("_", "")
 
 
 def dtype_of(name: str, datatype_: str) -> np.dtype:
@@ -124,9 +129,9 @@ def model_config(m: LoadedModel) -> mc.ModelConfig:
     dims = (lambda shape: shape[1:]) if batched else (lambda shape: shape)
     config = mc.ModelConfig(
         name=m.name, platform=PLATFORM, backend="memserve", max_batch_size=m.plan.max_batch,
-        input=[mc.ModelInput(name=s.name, data_type=CONFIG_TYPES[datatype(s.dtype)], dims=dims(s.shape))
+        input=[mc.ModelInput(name=s.name, data_type=CONFIG_TYPES.get(datatype(s.dtype), mc.TYPE_INVALID), dims=dims(s.shape))
                for s in m.plan.inputs],
-        output=[mc.ModelOutput(name=s.name, data_type=CONFIG_TYPES[datatype(s.dtype)], dims=dims(s.shape))
+        output=[mc.ModelOutput(name=s.name, data_type=CONFIG_TYPES.get(datatype(s.dtype), mc.TYPE_INVALID), dims=dims(s.shape))
                 for s in m.plan.outputs],
         instance_group=[mc.ModelInstanceGroup(count=len(m.workspaces), kind=mc.ModelInstanceGroup.KIND_CPU)],
         parameters={"workspace": mc.ModelParameter(string_value=m.workspace.name),

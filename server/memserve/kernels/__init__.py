@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from .. import budget
@@ -36,10 +37,21 @@ from .jit import Compiled
 Kernel = Callable[[Sequence[np.ndarray | None], Sequence[np.ndarray]], None]
 
 
-# Element types memserve computes with (ONNX's float8, int4, bfloat16 and strings are refused).
+# Element types memserve computes with (strings are refused).
 DTYPES = frozenset(np.dtype(t) for t in (
     "float16", "float32", "float64", "int8", "int16", "int32", "int64",
     "uint8", "uint16", "uint32", "uint64", "bool"))
+# ONNX's narrow types, as ml_dtypes (onnx's own dependency) gives them: one element per byte (two for
+# bfloat16), so a 4-bit tensor takes twice the bytes ONNX's packed form would, and the plan counts them so.
+# They are stored, moved and cast (NARROW_OPS), not computed with: a model casts them to a wider type first.
+NARROW_DTYPES = frozenset(np.dtype(getattr(ml_dtypes, t)) for t in (
+    "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "float4_e2m1fn", "int4", "uint4", "int2", "uint2"))
+STORAGE_DTYPES = DTYPES | NARROW_DTYPES
+# Ops that take and give narrow types: they cast, or move bytes without arithmetic.
+NARROW_OPS = frozenset((
+    "Cast", "CastLike", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split",
+    "Slice", "Gather", "Expand", "Tile", "Shape", "Size", "Copy", "QuantizeLinear", "DequantizeLinear"))
 
 
 @dataclass

@@ -13,24 +13,41 @@ the accumulator, then the Conv's own scratch.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import ml_dtypes
 import numpy as np
+from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModel
-from . import Node, OpDef, TensorInfo, depthwise, node_error, optional, register
+from . import NARROW_DTYPES, Node, OpDef, TensorInfo, depthwise, node_error, optional, register
 from . import conv as C
 from .linalg import matmul_shape
-from .shape import norm_axis
+from .shape import FLOAT8, norm_axis
 
-QUANT_TYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")}
-ONNX_TYPES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16"}  # output_dtype attribute values
+INT_TYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16")} | {
+    np.dtype(getattr(ml_dtypes, t)) for t in ("int4", "uint4", "int2", "uint2")}
+FLOAT_TYPES = FLOAT8 | {np.dtype(ml_dtypes.float4_e2m1fn)}  # scaled, then cast (float8 saturating)
+QUANT_TYPES = INT_TYPES | FLOAT_TYPES
 F32, F64, I32 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32)
 
 
 
-def _no_blocks(node: Node) -> None:
-    if node.attrs.get("block_size", 0):
-        raise UnsupportedModel(f"node {node.name!r} ({node.op_type}): blocked quantization (block_size) is not "
-                               "supported; quantize per tensor or per axis")
+def _broadcaster(node: Node, x: TensorInfo, scale: TensorInfo, zp: TensorInfo | None
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """How a scale (or zero point) meets x: per tensor, per axis, or per block of `block_size` along the axis
+    (each value repeated over its block, the last block cut to what x has left)."""
+    block = node.attrs.get("block_size", 0)
+    if not block:
+        shape = _per_axis(node, x, scale, zp)
+        return lambda a: a.reshape(shape) if shape else a.reshape(())
+    axis = norm_axis(node, node.attrs.get("axis", 1), len(x.shape))
+    want = tuple(-(-d // block) if k == axis else d for k, d in enumerate(x.shape)) if block > 0 else None
+    if want is None or scale.shape != want or (zp is not None and zp.shape != want):
+        raise node_error(node, f"block_size {block} along axis {axis} of {x.shape} needs scale (and zero point) "
+                               f"of shape {want}, got {scale.shape}")
+    cut = (slice(None),) * axis + (slice(0, x.shape[axis]),)
+    return lambda a: np.repeat(a, block, axis=axis)[cut]
 
 
 def _per_axis(node: Node, x: TensorInfo, scale: TensorInfo, zp: TensorInfo | None) -> tuple[int, ...]:
@@ -49,7 +66,7 @@ def _per_axis(node: Node, x: TensorInfo, scale: TensorInfo, zp: TensorInfo | Non
 
 
 def _saturate(values: np.ndarray, out: np.ndarray) -> None:
-    info = np.iinfo(out.dtype)
+    info = ml_dtypes.iinfo(out.dtype)
     np.clip(values, info.min, info.max, out=values)
     np.copyto(values, info.min, where=np.isnan(values))  # NaN has no integer: the lowest, as onnxruntime gives
     np.copyto(out, values, casting="unsafe")
@@ -60,17 +77,22 @@ def _saturate(values: np.ndarray, out: np.ndarray) -> None:
 def _quant_type(node: Node, ins) -> np.dtype:
     zp = ins[2] if len(ins) > 2 else None
     code = node.attrs.get("output_dtype", 0)
-    dtype = zp.dtype if zp is not None else np.dtype(ONNX_TYPES.get(code, "uint8")) if code in ONNX_TYPES or not code \
-        else None
+    if zp is not None:
+        dtype = zp.dtype
+    else:
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(code)) if code else np.dtype(np.uint8)
+        except (KeyError, ValueError, TypeError):
+            dtype = None
     if dtype not in QUANT_TYPES:
         raise UnsupportedModel(f"node {node.name!r} (QuantizeLinear): quantizing to "
-                               f"{dtype or f'output_dtype {code}'} is not supported (uint8, int8, uint16, int16)")
+                               f"{dtype or f'output_dtype {code}'} is not supported "
+                               f"({', '.join(sorted(t.name for t in QUANT_TYPES))})")
     return dtype
 
 
 def _quantize_infer(node, ins):
-    _no_blocks(node)
-    _per_axis(node, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
+    _broadcaster(node, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
     return [TensorInfo(_quant_type(node, ins), ins[0].shape)]
 
 
@@ -79,46 +101,58 @@ def _quantize_scratch(node, ins, outs):
 
 
 def _build_quantize(node, ins, outs):
-    shape = _per_axis(node, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
+    bc = _broadcaster(node, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
     has_zp = len(ins) > 2 and ins[2] is not None
+    to = outs[0].dtype
+    integer = to in INT_TYPES
+    saturate = to in FLOAT8 and bool(node.attrs.get("saturate", 1))
 
     def run(i, o):
-        scale = i[1].reshape(shape) if shape else i[1].reshape(())
+        scale = bc(i[1])
         work = o[1]
         np.divide(i[0], scale, out=work, dtype=work.dtype, casting="unsafe")
-        np.rint(work, out=work)
-        if has_zp:
-            np.add(work, i[2].reshape(shape) if shape else i[2].reshape(()), out=work, dtype=work.dtype,
-                   casting="unsafe")
-        _saturate(work, o[0])
+        if integer:
+            np.rint(work, out=work)
+        if has_zp and (integer or to not in FLOAT8):  # a float8 zero point is zero (the spec's rule)
+            zp = bc(i[2])
+            np.add(work, zp.astype(work.dtype), out=work)
+        if integer:
+            _saturate(work, o[0])
+        elif saturate:  # out of range goes to the largest finite value
+            np.copyto(o[0], numpy_helper.saturate_cast(work, to))
+        else:
+            np.copyto(o[0], work, casting="unsafe")
 
     return run
 
 
 def _dequantize_infer(node, ins):
-    _no_blocks(node)
     x, scale = ins[0], ins[1]
     zp = ins[2] if len(ins) > 2 else None
     if x.dtype not in QUANT_TYPES | {I32}:
         raise UnsupportedModel(f"node {node.name!r} (DequantizeLinear): input type {x.dtype} is not supported")
     if scale.dtype.kind != "f":
         raise node_error(node, f"scale must be a float type, got {scale.dtype}")
-    _per_axis(node, x, scale, zp)
+    _broadcaster(node, x, scale, zp)
     return [TensorInfo(scale.dtype, x.shape)]
 
 
 def _build_dequantize(node, ins, outs):
-    shape = _per_axis(node, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
-    has_zp = len(ins) > 2 and ins[2] is not None
+    bc = _broadcaster(node, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
+    has_zp = len(ins) > 2 and ins[2] is not None and ins[0].dtype not in FLOAT8  # a float8 zero point is zero
+    wide = ins[0].dtype not in NARROW_DTYPES
 
     def run(i, o):
         y = o[0]
-        if has_zp:  # x - zp in int64: exact for every input type, then one rounding into y's type
-            np.subtract(i[0], i[2].reshape(shape) if shape else i[2].reshape(()), out=y, dtype=np.int64,
-                        casting="unsafe")
+        x = i[0] if wide else i[0].astype(np.float32)  # a narrow type: numpy's ufuncs do not take it
+        if has_zp:  # x - zp in int64: exact for every integer type, then one rounding into y's type
+            zp = bc(i[2])
+            if not wide:
+                zp = zp.astype(np.float32)
+            np.subtract(x, zp, out=y, dtype=np.int64 if wide else np.float32, casting="unsafe")
         else:
-            np.copyto(y, i[0], casting="unsafe")
-        np.multiply(y, i[1].reshape(shape) if shape else i[1].reshape(()), out=y)
+            np.copyto(y, x, casting="unsafe")
+        np.multiply(y, bc(i[1]), out=y)
 
     return run
 

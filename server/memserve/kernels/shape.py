@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 from onnx import helper, numpy_helper
 
 from ..errors import InvalidArgument, UnsupportedModel
-from . import DTYPES, Node, OpDef, TensorInfo, register
+from . import DTYPES, STORAGE_DTYPES, Node, OpDef, TensorInfo, node_error, register
 
 
 def count(shape) -> int:
@@ -522,14 +523,32 @@ def _cast_infer(node, ins):
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to))
     except (KeyError, ValueError, TypeError):
         dtype = None
-    if dtype not in DTYPES:
+    if dtype not in STORAGE_DTYPES:
         raise UnsupportedModel(f"node {node.name!r} (Cast): target type {to} is not supported")
     return [TensorInfo(dtype, ins[0].shape)]
 
 
+FLOAT8 = frozenset(np.dtype(getattr(ml_dtypes, t)) for t in (
+    "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"))
+E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
+
+
 def _build_cast(node, ins, outs):
-    def run(i, o):
-        np.copyto(o[0], i[0], casting="unsafe")
+    to = outs[0].dtype
+    saturate = bool(node.attrs.get("saturate", 1))
+    if to in FLOAT8 and saturate:  # out of range goes to the largest finite value, not to inf or NaN
+        def run(i, o):
+            np.copyto(o[0], numpy_helper.saturate_cast(i[0], to))
+    elif to == E8M0:  # a power of two: the reference's rounding (up by default) and saturation
+        mode = node.attrs.get("round_mode", "up")
+        if mode not in ("up", "down", "nearest"):
+            raise node_error(node, f"round_mode must be up, down or nearest, got {str(mode)[:32]!r}")
+
+        def run(i, o):
+            np.copyto(o[0], numpy_helper.to_float8e8m0(i[0], saturate, mode))
+    else:
+        def run(i, o):
+            np.copyto(o[0], i[0], casting="unsafe")
 
     return run
 

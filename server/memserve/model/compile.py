@@ -31,7 +31,7 @@ import numpy as np
 from .. import budget, limits
 from ..device import align_up
 from ..errors import InvalidArgument, MemserveError, ModelParseError, ResourceExhausted, UnsupportedModel
-from ..kernels import Node, OpDef, TensorInfo, evaluate, lookup
+from ..kernels import NARROW_DTYPES, NARROW_OPS, Node, OpDef, TensorInfo, evaluate, lookup
 from ..planner import Lifetime, plan_offsets
 from .chains import chain_elementwise
 from .fuse import fuse
@@ -260,6 +260,16 @@ def _output_specs(plan: Plan, slots: list[int]) -> list[IOSpec]:
             for i, info, syms in zip(slots, at_max, symbols)]
 
 
+def _narrow_check(node: Node, op: OpDef, infos: list[TensorInfo | None]) -> None:
+    """Narrow types (bfloat16, float8, int4, ...) are stored, moved and cast, never computed with."""
+    if op.op_type in NARROW_OPS:
+        return
+    for info in infos:
+        if info is not None and info.dtype in NARROW_DTYPES:
+            raise UnsupportedModel(f"node {node.name!r} ({node.op_type}) computes with {info.dtype}, which memserve "
+                                   "only stores, moves and casts; Cast it to float32 (or another wide type) first")
+
+
 class _Walk:
     """Step 3: every tensor's info, and each node's phase (FOLD, BIND or RUN)."""
 
@@ -302,12 +312,14 @@ class _Walk:
 
     def _visit(self, node: Node, op: OpDef, batched: bool) -> str:
         ins = [self.infos[n] if n else None for n in node.inputs]
+        _narrow_check(node, op, ins)
         for k in op.const_inputs:
             if k < len(ins) and ins[k] is not None and ins[k].value is None and k not in op.value_inputs:
                 raise UnsupportedModel(
                     f"node {node.name!r} ({node.op_type}): input {node.inputs[k]!r} must be known when the "
                     "model loads (an initializer, or computed from weights and shapes)")
         outs = op.infer(node, ins)
+        _narrow_check(node, op, outs)
         inputs_known = all(i is None or i.value is not None for i in ins)
         if inputs_known or all(o.value is not None for o in outs):
             values = evaluate(op, node, ins, outs)
@@ -468,7 +480,7 @@ class _Builder:
             slot.offset = offset
             value = np.ascontiguousarray(self.walk.consts[slot.name])
             digest.update(f"{offset}:{value.dtype.str}:{value.shape};".encode())
-            digest.update(value.data if value.size else b"")
+            digest.update(value.reshape(-1).view(np.uint8).data if value.size else b"")  # ml_dtypes: no buffer
             offset = align_up(offset + value.nbytes)
         return offset, digest.hexdigest()
 

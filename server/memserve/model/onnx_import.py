@@ -23,7 +23,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from .. import budget
 from ..errors import ModelParseError, ResourceExhausted, UnsupportedModel
-from ..kernels import DTYPES, INTERNAL_DOMAIN, Node, lookup
+from ..kernels import INTERNAL_DOMAIN, STORAGE_DTYPES, Node, lookup
 from ..limits import MAX_NODES, MAX_SUBGRAPH_DEPTH
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -278,10 +278,10 @@ def element_type(elem_type: int, what: str) -> np.dtype:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
     except (KeyError, ValueError, TypeError):
         dtype = None
-    if dtype not in DTYPES:
+    if dtype not in STORAGE_DTYPES:
         name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
-        raise UnsupportedModel(f"{what} has element type {name}; memserve computes with "
-                               f"{', '.join(sorted(d.name for d in DTYPES))}")
+        raise UnsupportedModel(f"{what} has element type {name}; memserve takes "
+                               f"{', '.join(sorted(d.name for d in STORAGE_DTYPES))}")
     return dtype
 
 

@@ -22,6 +22,17 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UINT32: _ClassVar[DataType]
     UINT64: _ClassVar[DataType]
     BOOL: _ClassVar[DataType]
+    BFLOAT16: _ClassVar[DataType]
+    FLOAT8E4M3FN: _ClassVar[DataType]
+    FLOAT8E4M3FNUZ: _ClassVar[DataType]
+    FLOAT8E5M2: _ClassVar[DataType]
+    FLOAT8E5M2FNUZ: _ClassVar[DataType]
+    FLOAT8E8M0: _ClassVar[DataType]
+    FLOAT4E2M1: _ClassVar[DataType]
+    INT4: _ClassVar[DataType]
+    UINT4: _ClassVar[DataType]
+    INT2: _ClassVar[DataType]
+    UINT2: _ClassVar[DataType]
 DATA_TYPE_UNSPECIFIED: DataType
 FLOAT32: DataType
 FLOAT16: DataType
@@ -35,6 +46,17 @@ UINT16: DataType
 UINT32: DataType
 UINT64: DataType
 BOOL: DataType
+BFLOAT16: DataType
+FLOAT8E4M3FN: DataType
+FLOAT8E4M3FNUZ: DataType
+FLOAT8E5M2: DataType
+FLOAT8E5M2FNUZ: DataType
+FLOAT8E8M0: DataType
+FLOAT4E2M1: DataType
+INT4: DataType
+UINT4: DataType
+INT2: DataType
+UINT2: DataType
 
 class Shape(_message.Message):
     __slots__ = ("dims",)
