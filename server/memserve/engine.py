@@ -161,12 +161,12 @@ class Executable:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the model's content, at these sizes
                     raise _step_error(step.node, exc) from None
-                steps.append(_call(fn, step.inputs, step.outputs + step.scratch))
-                calls.append(("call", fn, step.inputs, step.outputs + step.scratch, step.op.sized))
+                steps.append(_guarded(step.guard, _call(fn, step.inputs, step.outputs + step.scratch)))
+                calls.append(("call", step.guard, fn, step.inputs, step.outputs + step.scratch, step.op.sized))
             elif plan.tensors[step.outputs[0]].storage in (INPUT, IO):
                 shape = infos[step.outputs[0]].shape
-                steps.append(_alias(step.inputs[0], step.outputs[0], shape))
-                calls.append(("alias", step.inputs[0], step.outputs[0], shape))
+                steps.append(_guarded(step.guard, _alias(step.inputs[0], step.outputs[0], shape)))
+                calls.append(("alias", step.guard, step.inputs[0], step.outputs[0], shape))
             else:
                 continue
             nodes.append(step.node)
@@ -208,22 +208,32 @@ def _generate(plan: Plan, env: list, calls: list[tuple], io: list[tuple]) -> tup
             consts[f"t{i}"] = env[i]
         return f"t{i}"
 
+    # A view of request memory made in a guarded step may never be made: it starts as None.
+    unset = [call[3] for call in calls if call[0] == "alias" and call[1]]
+    if unset:
+        body.append(" = ".join(f"t{dst}" for dst in unset) + " = None")
+        local.update(unset)
     lines: dict[int, int] = {}
     first = 3 + len(body)  # `def factory`, `def run`, then the body: lines count from 1
     sized: dict[int, str] = {}  # output slot -> its actual shape, as the expression that reads it
     for k, call in enumerate(calls):
         lines[first + k] = k
+        guard = call[1]
+        # One line per step, its guard included: an If's branch runs when its conditions hold.
+        when = "if {}: ".format(" and ".join(f"{'' if want else 'not '}{ref(c)}.item()" for c, want in guard)) \
+            if guard else ""
         if call[0] == "call":
-            _, fn, ins, outs, returns_shapes = call
+            _, _, fn, ins, outs, returns_shapes = call
             consts[f"k{k}"] = fn
             result = f"r{k} = " if returns_shapes else ""
-            body.append(f"{result}k{k}([{', '.join(ref(i) for i in ins)}], [{', '.join(ref(i) for i in outs)}])")
+            body.append(f"{when}{result}k{k}([{', '.join(ref(i) for i in ins)}], "
+                        f"[{', '.join(ref(i) for i in outs)}])")
             if returns_shapes:
                 sized.update({slot: f"r{k}[{j}]" for j, slot in enumerate(outs)})
         else:
-            _, src, dst, shape = call
+            _, _, src, dst, shape = call
             consts[f"s{k}"] = shape
-            body.append(f"t{dst} = {ref(src)}.reshape(s{k})")
+            body.append(f"{when}t{dst} = {ref(src)}.reshape(s{k})")
             local.add(dst)
     if sized:
         consts["cut"] = _cut
@@ -251,6 +261,17 @@ def _call(fn: Kernel, ins: list[int], outs: list[int]) -> StepFn:
         fn([env[i] for i in ins], [env[o] for o in outs])
 
     return step
+
+
+def _guarded(guard: list[tuple[int, bool]], step: StepFn) -> StepFn:
+    if not guard:
+        return step
+
+    def when(env: list) -> None:
+        if all(env[c].item() == want for c, want in guard):
+            step(env)
+
+    return when
 
 
 def _alias(src: int, dst: int, shape: tuple[int, ...]) -> StepFn:

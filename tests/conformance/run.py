@@ -32,6 +32,7 @@ from onnx import numpy_helper
 from memserve.device import CpuDevice
 from memserve.errors import UnsupportedModel
 from memserve.kernels import lookup
+from memserve.kernels.control import CONTROL_FLOW
 from memserve.registry import LoadOptions, Registry
 
 # Cases that fail for a known reason (one line each). Keep this list short.
@@ -62,7 +63,7 @@ def unsupported_reason(model: onnx.ModelProto) -> str:
     for n in model.graph.node:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
             continue  # folded into a weight when the model loads (model/onnx_import.py)
-        if lookup(n.domain, n.op_type) is None:
+        if lookup(n.domain, n.op_type) is None and n.op_type not in CONTROL_FLOW:
             return f"op {n.op_type} is not implemented"
     for v in list(model.graph.input) + list(model.graph.output):
         if not v.type.HasField("tensor_type"):

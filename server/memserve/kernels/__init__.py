@@ -77,6 +77,9 @@ class Node:
     opset: int = 13
     domain: str = ""
     captures: list[str] = field(default_factory=list)  # outer names an If's branches read
+    # Inside the branch of an If whose condition comes with the request: (condition, wanted value) per
+    # enclosing If; the node runs only when every condition has its wanted value (model/compile.py).
+    guard: tuple[tuple[str, bool], ...] = ()
 
 
 InferFn = Callable[[Node, list[TensorInfo | None]], list[TensorInfo]]
@@ -148,4 +151,4 @@ def evaluate(op: OpDef, node: Node, ins: list[TensorInfo | None], outs: list[Ten
 
 
 # Importing the modules registers their ops.
-from . import attention, chain, conv, dense, elementwise, grid, index, linalg, ml, pool, quant, reduce, resize, rnn, select, shape  # noqa: E402,F401
+from . import attention, chain, control, conv, dense, elementwise, grid, index, linalg, ml, pool, quant, reduce, resize, rnn, select, shape  # noqa: E402,F401

@@ -54,7 +54,7 @@ class _Program:
 class _Chainer(Rewriter):
     def run(self) -> None:
         for k, (node, _, phase) in enumerate(self.walk.nodes):
-            if phase == "run" and k not in self.dropped:
+            if phase == "run" and k not in self.dropped and not node.guard:
                 self._chain_from(k, node)
         self.walk.nodes = [n for k, n in enumerate(self.walk.nodes) if k not in self.dropped]
 

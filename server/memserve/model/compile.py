@@ -7,7 +7,9 @@
    is folded into a new weight (FOLD); from tensor shapes of a batched model
    it becomes a small VALUE recomputed once per batch size (BIND), such as
    the Shape -> Gather -> Concat -> Reshape chains exporters emit. Only the
-   rest runs per request (RUN). Nodes nothing needs are dropped.
+   rest runs per request (RUN). Nodes nothing needs are dropped. An If with
+   a runtime condition becomes both branches, each step guarded by the
+   condition, and a Select per output (kernels/control.py).
 4. Storage: graph inputs arrive per request; weights (initializers,
    Constant nodes, folded results) go to the weight block; alias ops
    (Reshape, Flatten, Identity, ...) become views of their input's bytes;
@@ -22,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ import numpy as np
 from .. import budget, limits
 from ..device import align_up
 from ..errors import InvalidArgument, MemserveError, ModelParseError, ResourceExhausted, UnsupportedModel
-from ..kernels import NARROW_DTYPES, NARROW_OPS, Node, OpDef, TensorInfo, evaluate, lookup
+from ..kernels import INTERNAL_DOMAIN, NARROW_DTYPES, NARROW_OPS, Node, OpDef, TensorInfo, evaluate, lookup
 from ..planner import Lifetime, plan_offsets
 from .chains import chain_elementwise
 from .fuse import fuse
@@ -106,7 +109,8 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
                           param=name in values)
                    for name, dtype, shape, symbols in inputs]
     needed = walk.needed(graph.outputs)
-    b.on_device = set(graph.outputs).union(*(node.inputs for node, _, phase in walk.nodes if phase == RUN))
+    b.on_device = set(graph.outputs).union(*(node.inputs + [c for c, _ in node.guard]
+                                             for node, _, phase in walk.nodes if phase == RUN))
     for node, op, phase in walk.nodes:
         if phase != FOLD and any(o in needed for o in node.outputs):
             b.add_step(node, op, phase)
@@ -296,19 +300,29 @@ class _Walk:
         self.nodes.append((node, op, phase))
 
     def _inline(self, node: Node) -> None:
-        """An If whose condition is known at load becomes its chosen branch."""
-        cond = self.infos[node.inputs[0]].value
-        if cond is None or node.inputs[0] in self.dynamic:
-            raise UnsupportedModel(f"node {node.name!r} (If): its condition is not a constant when the model "
-                                   "loads; memserve runs no control flow")
-        branch = node.attrs["then_branch" if bool(np.asarray(cond).reshape(-1)[0]) else "else_branch"]
-        for name, value in branch.weights.items():
-            self.consts[name] = value
-            self.infos[name] = TensorInfo(value.dtype, value.shape, value)
-        for sub in branch.nodes:
-            self._add(sub)
-        for out, src in zip(node.outputs, branch.outputs):
-            self._add(Node("Identity", f"{node.name}/{out}", [src], [out], opset=node.opset))
+        """An If whose condition is known at load becomes its chosen branch; one whose condition comes with
+        the request becomes both branches, each step guarded by the condition, and a Select per output."""
+        cond = node.inputs[0]
+        known = self.infos[cond].value is not None and cond not in self.dynamic
+        picked = bool(np.asarray(self.infos[cond].value).reshape(-1)[0]) if known else None
+        for name, want in (("then_branch", True), ("else_branch", False)):
+            if picked is not None and picked != want:
+                continue
+            branch = node.attrs[name]
+            for weight, value in branch.weights.items():
+                self.consts[weight] = value
+                self.infos[weight] = TensorInfo(value.dtype, value.shape, value)
+            guard = node.guard + (((cond, want),) if picked is None else ())
+            for sub in branch.nodes:
+                self._add(dataclasses.replace(sub, guard=guard + sub.guard))
+        for k, out in enumerate(node.outputs):
+            then, other = (b.outputs[k] for b in (node.attrs["then_branch"], node.attrs["else_branch"]))
+            if picked is not None:
+                self._add(Node("Identity", f"{node.name}/{out}", [then if picked else other], [out],
+                               opset=node.opset, guard=node.guard))
+            else:
+                self._add(Node("Select", f"{node.name}/{out}", [cond, then, other], [out], domain=INTERNAL_DOMAIN,
+                               guard=node.guard))
 
     def _visit(self, node: Node, op: OpDef, batched: bool) -> str:
         ins = [self.infos[n] if n else None for n in node.inputs]
@@ -351,6 +365,7 @@ class _Walk:
         for node, _, phase in reversed(self.nodes):
             if phase != FOLD and any(o in needed for o in node.outputs):
                 needed.update(n for n in node.inputs if n)
+                needed.update(c for c, _ in node.guard)
         return needed
 
 
@@ -388,7 +403,7 @@ class _Builder:
     def _add_step(self, node: Node, op: OpDef, phase: str) -> None:
         ins = [self.slot_of(n) if n else -1 for n in node.inputs]
         infos = [self.slots[i].info if i >= 0 else None for i in ins]
-        step = Step(node, op, ins, [], phase=phase)
+        step = Step(node, op, ins, [], phase=phase, guard=[(self.slot_of(c), want) for c, want in node.guard])
         for name in node.outputs:
             info = self.walk.infos.get(name) if name else None
             if info is None:  # an optional output the model does not use
@@ -426,9 +441,8 @@ class _Builder:
         run = [s for s in self.steps if s.phase == RUN]
         last: dict[int, int] = {}
         for k, step in enumerate(run):
-            for i in step.inputs:
-                if i >= 0:
-                    last[self.slots[i].root] = k
+            for i in step.reads():
+                last[self.slots[i].root] = k
         for k, step in enumerate(run):
             out = step.outputs[0] if step.outputs else -1
             if not step.op.inplace or self.slots[out].storage != WORK or self.slots[out].root != out:
@@ -458,8 +472,8 @@ class _Builder:
                 if root in first:
                     first[root] = min(first[root], k)
                     last[root] = max(last[root], k)
-            for i in step.inputs:
-                if i >= 0 and self.slots[i].root in last:
+            for i in step.reads():
+                if self.slots[i].root in last:
                     last[self.slots[i].root] = max(last[self.slots[i].root], k)
         mem = plan_offsets([Lifetime(self.slots[i].info.nbytes, first[i], last[i]) for i in work])
         for i, off in zip(work, mem.offsets):

@@ -58,7 +58,7 @@ class Rewriter:
 
     def run(self) -> None:
         for k, (node, _, phase) in enumerate(self.walk.nodes):
-            if phase != "run" or k in self.dropped:
+            if phase != "run" or k in self.dropped or node.guard:
                 continue
             if node.op_type == "BatchNormalization":
                 self._conv_bn(k, node)
@@ -94,13 +94,14 @@ class Rewriter:
         if k is None or k in self.dropped:
             return None
         node = self.walk.nodes[k][0]
-        return (k, node) if node.op_type == op_type else None
+        return (k, node) if node.op_type == op_type and not node.guard else None
 
     def reading(self, name: str) -> list[tuple[int, Node]]:
-        """The nodes that read `name` now, in graph order."""
+        """The nodes that read `name` now, in graph order; a node in an If's guarded branch is never fused
+        with one outside it (it may not run), so patterns do not see it."""
         nodes = self.walk.nodes
         return [(k, nodes[k][0]) for k in self.positions.get(name, ())
-                if k not in self.dropped and name in nodes[k][0].inputs]
+                if k not in self.dropped and name in nodes[k][0].inputs and not nodes[k][0].guard]
 
     def only_reader(self, name: str, op_type: str) -> tuple[int, Node] | None:
         if not self.private(name):

@@ -24,6 +24,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from .. import budget
 from ..errors import ModelParseError, ResourceExhausted, UnsupportedModel
 from ..kernels import INTERNAL_DOMAIN, STORAGE_DTYPES, Node, lookup
+from ..kernels.control import CONTROL_FLOW
 from ..limits import MAX_NODES, MAX_SUBGRAPH_DEPTH
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -210,7 +211,7 @@ def _import_nodes(g: onnx.GraphProto, opsets: dict[str, int], weights: dict[str,
             raise UnsupportedModel(f"node {node.name!r} (ZipMap) outputs a sequence of maps; export the "
                                    "scikit-learn classifier with options={'zipmap': False}")
         # The compiler's own ops (an ElementwiseChain's program indexes memory) are never a model's to name.
-        if node.domain == INTERNAL_DOMAIN or (lookup(node.domain, node.op_type) is None and node.op_type != "If"):
+        if node.domain == INTERNAL_DOMAIN or (lookup(node.domain, node.op_type) is None and node.op_type not in CONTROL_FLOW):
             domain = f"{node.domain}." if node.domain else ""
             unsupported.append(f"{node.name!r} ({domain}{node.op_type})")
             continue

@@ -45,6 +45,11 @@ class Step:
     outputs: list[int]
     scratch: list[int] = field(default_factory=list)
     phase: str = RUN
+    guard: list[tuple[int, bool]] = field(default_factory=list)  # (condition slot, wanted): runs when all hold
+
+    def reads(self) -> list[int]:
+        """The slots this step reads: its inputs and its guard's conditions."""
+        return [i for i in self.inputs if i >= 0] + [c for c, _ in self.guard]
 
 
 FIXED, BATCH = -1, 0  # IOSpec.symbols: a fixed dimension, the batch; k >= 1 is the open dimension Plan.dims[k - 1]
