@@ -130,12 +130,13 @@ def test_if_with_a_condition_known_at_load_is_inlined():
     np.testing.assert_array_equal(run_local(model, {"x": np.array([1, -2], np.float32)})[0], [-1, 2])
 
 
-def test_loops_are_refused_naming_the_node():
+def test_a_loop_whose_body_does_not_fit_it_is_refused_naming_the_node():
     body = helper.make_graph([helper.make_node("Identity", ["x"], ["o"])], "b", [],
                              [helper.make_tensor_value_info("o", F32, [2])])
     loop = [helper.make_node("Loop", ["", "c"], ["y"], name="loopy", body=body)]
     model = graph_model(loop, [("c", TensorProto.BOOL, []), ("x", F32, [2])], [("y", F32, [2])])
-    with pytest.raises(UnsupportedModel, match=r"'loopy' \(Loop\) has a subgraph"):
+    with pytest.raises(InvalidArgument, match=r"'loopy' \(Loop\): its body takes 0 inputs and gives 1 outputs "
+                                               r"for 0 loop-carried values"):
         compile_model(model)
 
 

@@ -140,3 +140,175 @@ def test_the_generated_function_and_the_step_list_take_the_same_branch(reg):
         got, ref = _both_forms(reg, m, feeds)
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_allclose(got[0], ort_run(if_model(), feeds)[0], rtol=1e-6)
+
+
+# -- Loop and Scan -----------------------------------------------------------------------------------------
+
+I64 = TensorProto.INT64
+
+
+def vi(name, t, shape):
+    return helper.make_tensor_value_info(name, t, shape)
+
+
+def loop_body(scan: bool = True, stop_at: float | None = None, capture: str | None = None):
+    """h <- tanh(h * 0.5 + w[i]) (+ a captured outer tensor); the condition stays true, or turns false once
+    sum(h) passes stop_at; a scan output of h at every iteration."""
+    from onnx import numpy_helper
+
+    nodes = [helper.make_node("Gather", ["w", "i"], ["wi"], axis=0),
+             helper.make_node("Mul", ["h", "half"], ["hm"]), helper.make_node("Add", ["hm", "wi"], ["a"])]
+    if capture:
+        nodes.append(helper.make_node("Add", ["a", capture], ["a2"]))
+    nodes.append(helper.make_node("Tanh", ["a2" if capture else "a"], ["h2"]))
+    if stop_at is None:
+        nodes.append(helper.make_node("Identity", ["c"], ["c2"]))
+    else:
+        nodes += [helper.make_node("ReduceSum", ["h2"], ["s"], keepdims=0),
+                  helper.make_node("Less", ["s", "limit"], ["c2"])]
+    outs = [vi("c2", B, []), vi("h2", F, [4])]
+    if scan:
+        nodes.append(helper.make_node("Identity", ["h2"], ["hs"]))
+        outs.append(vi("hs", F, [4]))
+    inits = [numpy_helper.from_array(np.float32(0.5), "half"), numpy_helper.from_array(np.float32(stop_at or 0), "limit")]
+    return helper.make_graph(nodes, "body", [vi("i", I64, []), vi("c", B, []), vi("h", F, [4])], outs, inits)
+
+
+W = np.random.default_rng(5).standard_normal((12, 4)).astype(np.float32)
+
+
+def loop_model(trips=None, cond_input=False, scan=True, stop_at=None, capture=None, after=False) -> bytes:
+    inputs = [("h0", F, [4])]
+    weights = {"w": W}
+    if trips is None:
+        inputs.append(("m", I64, []))
+    else:
+        weights["m"] = np.array(trips, np.int64)
+    if cond_input:
+        inputs.append(("c0", B, []))
+    else:
+        weights["c0"] = np.array(True)
+    if capture:
+        inputs.append((capture, F, [4]))
+    outs = ["h"] + (["hs"] if scan else [])
+    nodes = [helper.make_node("Loop", ["m", "c0", "h0"], outs, name="loop",
+                              body=loop_body(scan, stop_at, capture))]
+    graph_outs = [("h", F, [4])] + ([("hs", F, ["K", 4])] if scan else [])
+    if after:  # the loop's outputs read by another node: they must not be data-dependent
+        nodes.append(helper.make_node("Mul", ["hs", "hs"], ["sq"]))
+        graph_outs = [("sq", F, ["K", 4])]
+    return graph_model(nodes, inputs, graph_outs, weights)
+
+
+def test_a_loop_with_a_trip_count_known_at_load_feeds_the_nodes_after_it():
+    model = loop_model(trips=6, after=True)
+    feeds = {"h0": np.zeros(4, np.float32)}
+    np.testing.assert_allclose(run_local(model, feeds)[0], ort_run(model, feeds)[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("m", [0, 1, 7, -3])
+def test_a_trip_count_that_comes_with_the_request(m):
+    model = loop_model(scan=False)
+    feeds = {"h0": np.full(4, 0.1, np.float32), "m": np.array(m, np.int64)}
+    np.testing.assert_allclose(run_local(model, feeds)[0], ort_run(model, feeds)[0], rtol=1e-5)
+
+
+def test_scan_outputs_of_a_request_trip_count_are_planned_with_input_values_and_cut_to_what_ran():
+    model = loop_model(stop_at=1.5, cond_input=True)
+    with pytest.raises(UnsupportedModel, match="give the trip count with input_values"):
+        compile_model(model, CompileOptions())
+    plan = {"m": np.array(10, np.int64)}
+    for m, c in ((10, True), (4, True), (10, False)):
+        feeds = {"h0": np.full(4, 0.2, np.float32), "m": np.array(m, np.int64), "c0": np.array(c)}
+        got, want = run_local(model, feeds, input_values=plan), ort_run(model, feeds)
+        assert got[1].shape == want[1].shape  # the iterations that ran, stopped by the condition or by m
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5)
+    with pytest.raises(InvalidArgument, match="hs"):  # more iterations than were planned for
+        run_local(model, {"h0": np.zeros(4, np.float32), "m": np.array(11, np.int64), "c0": np.array(True)},
+                  input_values=plan)
+
+
+def test_a_body_reads_outer_tensors_known_and_unknown_at_load():
+    model = loop_model(trips=5, capture="bias")
+    feeds = {"h0": np.zeros(4, np.float32), "bias": np.linspace(-1, 1, 4, dtype=np.float32)}
+    for g, w in zip(run_local(model, feeds), ort_run(model, feeds)):
+        np.testing.assert_allclose(g, w, rtol=1e-5)
+
+
+def test_work_memory_does_not_grow_with_the_trip_count_and_body_weights_are_counted_once():
+    small = compile_model(loop_model(trips=2, scan=False), CompileOptions())
+    large = compile_model(loop_model(trips=11, scan=False), CompileOptions())
+    assert small.work_size == large.work_size
+    assert large.weight_size >= W.nbytes + 4 + 4  # the outer w is read by the body: it goes in with it
+
+
+def test_a_loop_that_never_stops_is_refused_after_its_iteration_limit():
+    from memserve.limits import MAX_LOOP_TRIPS
+
+    model = graph_model([helper.make_node("Loop", ["", "", "h0"], ["h"], body=loop_body(scan=False))],
+                        [("h0", F, [4])], [("h", F, [4])], {"w": np.zeros((MAX_LOOP_TRIPS + 1, 4), np.float32)})
+    with pytest.raises(InvalidArgument, match=f"ran {MAX_LOOP_TRIPS} iterations without stopping"):
+        run_local(model, {"h0": np.zeros(4, np.float32)})
+
+
+def test_a_loop_carried_value_that_changes_shape_is_refused():
+    body = helper.make_graph([helper.make_node("Concat", ["h", "h"], ["h2"], axis=0),
+                              helper.make_node("Identity", ["c"], ["c2"])], "body",
+                             [vi("i", I64, []), vi("c", B, []), vi("h", F, [4])], [vi("c2", B, []), vi("h2", F, [8])])
+    model = graph_model([helper.make_node("Loop", ["m", "", "h0"], ["h"], name="grow", body=body)],
+                        [("h0", F, [4])], [("h", F, [8])], {"m": np.array(3, np.int64)})
+    with pytest.raises(UnsupportedModel, match=r"'grow' \(Loop\): its body turns 'h' from float32\[4\] into "
+                                               r"float32\[8\]"):
+        compile_model(model, CompileOptions())
+
+
+def test_a_torch_scripted_loop_over_an_open_sequence_matches_onnxruntime(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Recur(torch.nn.Module):
+        def forward(self, x):
+            h = torch.zeros_like(x[0])
+            for i in range(x.size(0)):
+                h = torch.tanh(h * 0.5 + x[i])
+            return h
+
+    path = tmp_path / "loop.onnx"
+    torch.onnx.export(torch.jit.script(Recur()), (torch.randn(5, 4),), str(path), input_names=["x"],
+                      output_names=["h"], dynamic_axes={"x": {0: "seq"}}, dynamo=False)
+    model = path.read_bytes()
+    rng = np.random.default_rng(3)
+    for n in (8, 5, 1):
+        x = rng.standard_normal((n, 4)).astype(np.float32)
+        np.testing.assert_allclose(run_local(model, {"x": x}, input_shapes={"x": (8, 4)})[0],
+                                   ort_run(model, {"x": x})[0], rtol=1e-5)
+
+
+def scan_model(reverse_in: int = 0, reverse_out: int = 0, out_axis: int = 0) -> bytes:
+    body = helper.make_graph([helper.make_node("Add", ["s", "x"], ["s2"]), helper.make_node("Mul", ["s2", "x"], ["y"])],
+                             "body", [vi("s", F, [3]), vi("x", F, [3])], [vi("s2", F, [3]), vi("y", F, [3])])
+    node = helper.make_node("Scan", ["s0", "xs"], ["s", "ys"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[1], scan_input_directions=[reverse_in],
+                            scan_output_directions=[reverse_out], scan_output_axes=[out_axis])
+    return graph_model([node], [("s0", F, [3]), ("xs", F, [3, "T"])], [("s", F, [3]), ("ys", F, ["a", "b"])])
+
+
+@pytest.mark.parametrize("reverse_in,reverse_out,out_axis", [(0, 0, 0), (1, 0, 1), (0, 1, -1), (1, 1, 0)])
+def test_scan_axes_and_directions_over_an_open_length_match_onnxruntime(reverse_in, reverse_out, out_axis):
+    model = scan_model(reverse_in, reverse_out, out_axis)
+    rng = np.random.default_rng(4)
+    for t in (6, 2):
+        feeds = {"s0": np.ones(3, np.float32), "xs": rng.standard_normal((3, t)).astype(np.float32)}
+        for g, w in zip(run_local(model, feeds, input_shapes={"xs": (3, 6)}), ort_run(model, feeds)):
+            np.testing.assert_allclose(g, w, rtol=1e-5)
+
+
+def test_the_daemon_serves_loops_and_scans(client):
+    client.load(loop_model(scan=False), name="looper")
+    client.load(scan_model(), name="scanner", input_shapes={"xs": (3, 6)})
+    feeds = {"h0": np.zeros(4, np.float32), "m": np.array(3, np.int64)}
+    np.testing.assert_allclose(client.execute("looper", feeds)["h"], ort_run(loop_model(scan=False), feeds)[0],
+                               rtol=1e-5)
+    feeds = {"s0": np.ones(3, np.float32), "xs": np.ones((3, 4), np.float32)}
+    got = client.execute("scanner", feeds)
+    np.testing.assert_allclose(got["ys"], ort_run(scan_model(), feeds)[1], rtol=1e-5)

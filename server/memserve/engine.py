@@ -93,7 +93,7 @@ class Executable:
         self.weights = weights
         self.key = next(self._keys)
         # Compiled now, at load, so that no request waits for a compiler.
-        jit.prepare([k for op in {s.op for s in plan.steps} for k in op.compiled])
+        jit.prepare([k for op in _ops(plan) for k in op.compiled])
 
     def run(self, arrays: dict[str, np.ndarray], key: tuple[int, ...], workspace: Workspace, device: Device
             ) -> tuple[list[np.ndarray], Buffer]:
@@ -156,7 +156,10 @@ class Executable:
                 ins = [infos[i] if i >= 0 else None for i in step.inputs]
                 outs = [infos[i] for i in step.outputs]
                 try:
-                    fn = step.op.build(step.node, ins, outs)
+                    if step.op.subplan:
+                        fn = step.op.build(step.node, ins, outs, _body(step, env))
+                    else:
+                        fn = step.op.build(step.node, ins, outs)
                 except MemserveError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the model's content, at these sizes
@@ -180,6 +183,44 @@ class Executable:
         b.io_size = offset
         b.run, b.lines = _generate(plan, env, calls, io)
         return b
+
+
+def _ops(plan: Plan) -> set:
+    """The ops of a plan's steps, and of the bodies its Loops and Scans plan."""
+    ops = {s.op for s in plan.steps}
+    for s in plan.steps:
+        if s.op.subplan:
+            ops |= _ops(s.node.attrs["body_plan"])
+    return ops
+
+
+def _body(step, env: list) -> Callable[[dict], list]:
+    """A Loop's or Scan's body bound to the memory the outer plan gave it: its weight block (the step's last
+    input), its work memory and its outputs' memory (the step's first two scratch tensors). One binding per
+    body key (only a body keyed by its iteration number has several), up to MAX_BINDINGS."""
+    plan: Plan = step.node.attrs["body_plan"]
+    exe = Executable(plan, env[step.inputs[-1]])
+    work, io = env[step.scratch[0]], env[step.scratch[1]]
+    keyed = bool(plan.dims or plan.param_values)
+    bindings: dict[tuple, Binding] = {}
+
+    def bind(key: tuple) -> Binding:
+        if len(bindings) >= MAX_BINDINGS:
+            bindings.pop(next(iter(bindings)))
+        b = bindings[key] = exe._bind(key, work)
+        b.io_views = [_view(io, o, nbytes, dtype, shape) for o, (_, dtype, shape, nbytes) in zip(b.io_offsets, b.io)]
+        return b
+
+    fixed = bind(plan.max_key()) if not keyed else None
+
+    def run(feeds: dict) -> list:
+        if fixed is not None:
+            return fixed.run(feeds, fixed.io_views)
+        key = plan.key_of(feeds)
+        b = bindings.get(key) or bind(key)
+        return b.run(feeds, b.io_views)
+
+    return run
 
 
 def _generate(plan: Plan, env: list, calls: list[tuple], io: list[tuple]) -> tuple[Callable, dict[int, int]]:

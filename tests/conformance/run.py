@@ -72,14 +72,17 @@ def unsupported_reason(model: onnx.ModelProto) -> str:
 
 
 def parameter_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> set[str]:
-    """Graph inputs that feed plan-time parameters (a Reshape's shape, ...)."""
-    found = set()
-    for n in model.graph.node:
+    """Graph inputs that feed plan-time parameters (a Reshape's shape, a Loop's trip count, ...), directly or
+    through the nodes that compute them."""
+    wanted = set()
+    for n in reversed(model.graph.node):
+        if any(o in wanted for o in n.output):
+            wanted.update(i for i in n.input if i)
         op = lookup(n.domain, n.op_type)
         for k in op.const_inputs if op else ():
-            if k < len(n.input) and n.input[k] in feeds:
-                found.add(n.input[k])
-    return found
+            if k < len(n.input) and n.input[k]:
+                wanted.add(n.input[k])
+    return wanted & set(feeds)
 
 
 def freeze_parameters(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:

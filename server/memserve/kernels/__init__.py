@@ -102,6 +102,9 @@ class OpDef:
     sized: bool = False
     inplace: tuple[int, ...] = ()  # inputs whose bytes the output may reuse when they die here
     compiled: tuple[Compiled, ...] = ()  # the numba kernels `build`'s functions call (jit.py)
+    # Runs a planned subgraph (Loop, Scan): `build` takes a fourth argument, the body's run function
+    # (feeds -> the body's outputs), which the engine makes; never folded at load.
+    subplan: bool = False
 
 
 REGISTRY: dict[tuple[str, str], OpDef] = {}

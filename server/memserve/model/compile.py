@@ -36,6 +36,7 @@ from ..device import align_up
 from ..errors import InvalidArgument, MemserveError, ModelParseError, ResourceExhausted, UnsupportedModel
 from ..kernels import INTERNAL_DOMAIN, NARROW_DTYPES, NARROW_OPS, Node, OpDef, TensorInfo, evaluate, lookup
 from ..planner import Lifetime, plan_offsets
+from . import loops
 from .chains import chain_elementwise
 from .fuse import fuse
 from .onnx_import import Graph, import_onnx
@@ -53,6 +54,7 @@ class CompileOptions:
     max_batch: int = 0  # 0: 1 when the model leaves its batch dimension open
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     input_values: dict[str, np.ndarray] = field(default_factory=dict)  # to plan with (Plan.key_of)
+    leading_batch: bool = True  # False: an open leading dimension is one like any other (a Loop's body)
 
 
 def _copy_infer(node: Node, ins: list[TensorInfo | None]) -> list[TensorInfo]:
@@ -143,9 +145,9 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputSh
     if unknown:
         raise InvalidArgument(f"input_shapes names {[n[:64] for n in unknown[:8]]}, which are not inputs of the "
                               f"model ({[i.name for i in graph.inputs][:32]})")
-    batched = any(i.dims and i.dims[0] is None for i in graph.inputs)
+    batched = options.leading_batch and any(i.dims and i.dims[0] is None for i in graph.inputs)
     given = {i.name: options.input_shapes[i.name][0] for i in graph.inputs
-             if i.dims and i.dims[0] is None and options.input_shapes.get(i.name)}
+             if batched and i.dims and i.dims[0] is None and options.input_shapes.get(i.name)}
     if len(set(given.values())) > 1:
         raise InvalidArgument(f"input_shapes give different batch sizes: {given}")
     max_batch = next(iter(given.values()), options.max_batch or 1) if batched else 0
@@ -165,7 +167,7 @@ def _resolve_inputs(graph: Graph, options: CompileOptions) -> tuple[list[InputSh
         shape = list(options.input_shapes.get(inp.name, ()))
         dims, symbols = [], []
         for k, d in enumerate(inp.dims):
-            if k == 0 and d is None:
+            if k == 0 and d is None and batched:
                 dims.append(max_batch)
                 symbols.append(BATCH)
                 continue
@@ -294,6 +296,9 @@ class _Walk:
         budget.checkpoint()  # stop when the caller left or its deadline passed
         if node.op_type == "If" and node.domain in ("", "ai.onnx"):
             return self._inline(node)
+        if node.op_type in ("Loop", "Scan") and node.domain in ("", "ai.onnx"):
+            with _model_errors(f"node {node.name!r} ({node.op_type})"):
+                node = loops.expand(self, node)
         op = lookup(node.domain, node.op_type)
         with _model_errors(f"node {node.name!r} ({node.op_type})"):
             phase = self._visit(node, op, self.batched)
@@ -335,7 +340,7 @@ class _Walk:
         outs = op.infer(node, ins)
         _narrow_check(node, op, outs)
         inputs_known = all(i is None or i.value is not None for i in ins)
-        if inputs_known or all(o.value is not None for o in outs):
+        if not op.subplan and (inputs_known or all(o.value is not None for o in outs)):
             values = evaluate(op, node, ins, outs)
             if op.sized:  # known now: the actual shapes, not the largest
                 outs = [TensorInfo(o.dtype, v.shape) for o, v in zip(outs, values)]

@@ -52,11 +52,12 @@ class Graph:
 
 @dataclass
 class Branch:
-    """One branch of an If: inlined by the compiler when the condition is known at load."""
+    """A subgraph: an If's branch (inlined by the compiler), or a Loop's or Scan's body (planned on its own)."""
 
     nodes: list[Node]
     outputs: list[str]
     weights: dict[str, np.ndarray]
+    inputs: list[GraphInput] = field(default_factory=list)  # a body's formal inputs (an If's branch has none)
 
 
 def import_onnx(data: bytes) -> Graph:
@@ -226,7 +227,23 @@ def _branch(g: onnx.GraphProto, opsets: dict[str, int], unsupported: list[str]) 
     produced = set(weights) | {o for n in nodes for o in n.outputs}
     outer = {i for n in nodes for i in n.inputs + n.captures if i and i not in produced}
     outer |= {o.name for o in g.output if o.name not in produced}
-    return Branch(_topological(nodes, outer | set(weights)), [o.name for o in g.output], weights), outer
+    formal = [_formal_input(v) for v in g.input]
+    outer -= {v.name for v in formal}
+    available = outer | set(weights) | {v.name for v in formal}
+    return Branch(_topological(nodes, available), [o.name for o in g.output], weights, formal), outer
+
+
+def _formal_input(v: onnx.ValueInfoProto) -> GraphInput:
+    """A body's input: its type must be declared; an undeclared shape is taken from what the op feeds it."""
+    t = v.type.tensor_type
+    if v.type.WhichOneof("value") is None:  # untyped (functions' expansions): the op's feed decides
+        return GraphInput(v.name, None, None, [])
+    if not v.type.HasField("tensor_type"):
+        raise UnsupportedModel(f"subgraph input {v.name!r} is not a tensor")
+    dtype = element_type(t.elem_type, f"subgraph input {v.name!r}") if t.elem_type else None
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in t.shape.dim] \
+        if t.HasField("shape") else None
+    return GraphInput(v.name, dtype, dims, [])
 
 
 def _node(proto: onnx.NodeProto, index: int, opsets: dict[str, int], unsupported: list[str]) -> Node:
@@ -235,11 +252,10 @@ def _node(proto: onnx.NodeProto, index: int, opsets: dict[str, int], unsupported
     attrs, captures = {}, set()
     for a in proto.attribute:
         if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
-            if proto.op_type != "If" or a.type != AttributeProto.GRAPH:
+            if proto.op_type not in CONTROL_FLOW or a.type != AttributeProto.GRAPH:
                 raise UnsupportedModel(
-                    f"node {name!r} ({proto.op_type}) has a subgraph in attribute {a.name!r}; "
-                    "memserve runs no control flow (an If whose condition is known at load is inlined)"
-                )
+                    f"node {name!r} ({proto.op_type}) has a subgraph in attribute {a.name!r}; memserve runs "
+                    f"subgraphs of {', '.join(sorted(CONTROL_FLOW))} only")
             attrs[a.name], outer = _branch(a.g, opsets, unsupported)
             captures |= outer
             continue
