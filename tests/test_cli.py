@@ -116,3 +116,28 @@ def test_plan_from_the_daemon_allocates_nothing(daemon, client):
     assert {p.name for p in info.placements} >= {"a0", "a1", "h2"}
     assert all(p.offset + p.size <= info.work_size for p in info.placements)
     assert client.device_status().used == 0
+
+
+def test_load_plans_with_input_shapes_and_input_values(daemon, client, tmp_path):
+    """A Range whose limit comes with the request, over an open sequence: both planned from the command line."""
+    from onnx import TensorProto, helper
+
+    from models import graph_model
+
+    nodes = [helper.make_node("Range", ["zero", "limit", "one"], ["r"]),
+             helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT), helper.make_node("Relu", ["x"], ["z"])]
+    model = graph_model(nodes, [("limit", TensorProto.INT64, []), ("x", TensorProto.FLOAT, ["N", "seq"])],
+                        [("y", TensorProto.FLOAT, ["n"]), ("z", TensorProto.FLOAT, ["N", "seq"])],
+                        {"zero": np.array(0, np.int64), "one": np.array(1, np.int64)})
+    (tmp_path / "range.onnx").write_bytes(model)
+    path = str(tmp_path / "range.onnx")
+    r = cli(daemon, "load", path, "--input-shape", "x=2,16", check=False)
+    assert r.returncode == 1 and "(--input-value)" in r.stderr and len(r.stderr.splitlines()) == 1
+    out = cli(daemon, "load", path, "--name", "rng", "--input-shape", "x=2,16", "--input-value", "limit=10").stdout
+    assert "input:       x float32 [N, <=16]" in out
+    got = client.execute("rng", {"limit": np.array(7, np.int64), "x": np.ones((1, 5), np.float32)})
+    np.testing.assert_array_equal(got["y"], np.arange(7))
+    assert "work size" in cli(daemon, "query-size", path, "--input-shape", "x=2,16", "--input-value", "limit=10").stdout
+    r = cli(daemon, "load", path, "--input-shape", "x=2,16", "--input-value", "limit=ten", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == ("memserve: error: --input-value 'limit=ten': give "
+                                                      "NAME=V0,V1,... with numbers")

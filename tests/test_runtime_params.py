@@ -110,7 +110,9 @@ def test_a_range_limit_past_the_plan_is_refused_before_anything_is_allocated(reg
 
 @pytest.mark.parametrize("values,match", [
     ({"nope": np.array([2, 3], np.int64)}, "not inputs of the model"),
-    ({"shape": np.array([2, 3], np.int32)}, r"must be int64 \[2\] like the input"),
+    ({"shape": np.array([2, 3.5])}, r"must be int64 \[2\] like the input, got float64 \[2\]"),
+    ({"shape": np.array([2, 2**70], object)}, r"must be int64 \[2\]"),
+    ({"shape": np.array([True, False])}, r"must be int64 \[2\]"),
     ({"shape": np.array([2, 3, 1], np.int64)}, r"must be int64 \[2\]"),
     ({"shape": np.zeros(5000, np.int64)}, "at most 4096"),
 ])
@@ -118,6 +120,13 @@ def test_hostile_input_values_are_refused_at_load(reg, values, match):
     opts = LoadOptions(name="m", input_values=values)
     with pytest.raises(InvalidArgument, match=match):
         reg.load(reshape_model(), opts)
+
+
+def test_input_values_take_any_type_and_shape_that_hold_the_same_numbers(reg):
+    """[[2], [3]] as int32 for an int64 [2] input: what a client that does not know the input sends."""
+    reg.load(reshape_model(), LoadOptions(name="m", input_values={"shape": np.array([[2], [3]], np.int32)}))
+    out = reg.execute("m", {"x": np.arange(6, dtype=np.float32), "shape": np.array([3, 2], np.int64)})
+    assert tuple(out.outputs[0].shape) == (3, 2)
 
 
 def test_input_values_over_grpc_and_through_a_restart(client):

@@ -62,11 +62,29 @@ def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _input_values(items: list[str]) -> dict[str, np.ndarray]:
+    """NAME=V0,V1,...: integers (int64) or numbers (float64); the daemon takes them in the input's own type
+    and shape when they hold the same numbers."""
+    values = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        parts = [p for p in text.split(",") if p.strip()]
+        try:
+            values[name] = np.array([int(p) for p in parts], np.int64)
+        except ValueError:
+            try:
+                values[name] = np.array([float(p) for p in parts], np.float64)
+            except ValueError:
+                raise ValueError(f"--input-value {item!r}: give NAME=V0,V1,... with numbers") from None
+    return values
+
+
 def cmd_load(c: Client, a) -> None:
     progress, bar = _progress(a.model)
     try:
         m = c.load(a.model, name=a.name, workspace=a.workspace, max_batch=a.max_batch,
-                   input_shapes=_input_shapes(a.input_shape), progress=progress)
+                   input_shapes=_input_shapes(a.input_shape), input_values=_input_values(a.input_value),
+                   progress=progress)
     finally:
         if bar:
             bar.close()
@@ -74,7 +92,8 @@ def cmd_load(c: Client, a) -> None:
 
 
 def cmd_query_size(c: Client, a) -> None:
-    s = c.query_size(a.model, max_batch=a.max_batch, input_shapes=_input_shapes(a.input_shape))
+    s = c.query_size(a.model, max_batch=a.max_batch, input_shapes=_input_shapes(a.input_shape),
+                     input_values=_input_values(a.input_value))
     print(f"work size:        {s.work_size}")
     print(f"work lower bound: {s.work_lower_bound}")
     print(f"weight size:      {s.weight_size}")
@@ -118,7 +137,8 @@ def cmd_plan(c: Client, a) -> None:
     if a.png:
         plan_view.need_matplotlib()  # before the upload, not after
     try:
-        info = c.plan(a.model, max_batch=a.max_batch, input_shapes=_input_shapes(a.input_shape))
+        info = c.plan(a.model, max_batch=a.max_batch, input_shapes=_input_shapes(a.input_shape),
+                      input_values=_input_values(a.input_value))
     except MemserveError as err:
         if err.code.name == "UNAVAILABLE" and err.acl_code is None:  # no daemon answered (a daemon sets a code)
             raise ConnectionError(f"no daemon answers at {a.target_used}: {NO_DAEMON_FOR_PLAN} "
@@ -174,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                         help="largest shape of an input whose dimensions the model leaves open: memory is "
                              "planned for it, requests may be smaller along the open dimensions")
+        sp.add_argument("--input-value", action="append", default=[], metavar="NAME=V0,V1,...",
+                        help="a value to plan with for an input that feeds shape parameters (a Reshape's shape, "
+                             "a Range's limit, a Loop's trip count); requests still send the input")
 
     sp = sub.add_parser("load", help="upload and load a model")
     model_upload(sp)

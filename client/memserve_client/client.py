@@ -201,16 +201,18 @@ class Client:
 
     @_rpc
     def query_size(self, model: ModelSource, *, max_batch: int | None = None,
-                   input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> SizeInfo:
-        opts = _load_options(None, "private", max_batch, input_shapes)
+                   input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                   input_values: Mapping[str, np.ndarray] | None = None) -> SizeInfo:
+        opts = _load_options(None, "private", max_batch, input_shapes, input_values)
         r = self._stub.QuerySize(_upload(opts, model, self.chunk_size, None), timeout=self.timeout)
         return SizeInfo(r.sizes.work_size, r.sizes.weight_size, r.sizes.work_lower_bound)
 
     @_rpc
     def plan(self, model: ModelSource, *, max_batch: int | None = None,
-             input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> PlanInfo:
+             input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+             input_values: Mapping[str, np.ndarray] | None = None) -> PlanInfo:
         """QuerySize with the whole workspace plan: each work tensor's offset, size and lifetime."""
-        opts = _load_options(None, "private", max_batch, input_shapes)
+        opts = _load_options(None, "private", max_batch, input_shapes, input_values)
         r = self._stub.QuerySize(_upload(opts, model, self.chunk_size, None), timeout=self.timeout)
         return PlanInfo(r.sizes.work_size, r.sizes.weight_size, r.sizes.work_lower_bound, r.peak_step, r.steps,
                         tuple(Placement(t.name, t.offset, t.size, t.first_step, t.last_step) for t in r.placements))

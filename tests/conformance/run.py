@@ -32,6 +32,7 @@ from onnx import numpy_helper
 from memserve.device import CpuDevice
 from memserve.errors import UnsupportedModel
 from memserve.kernels import lookup
+from memserve.limits import MAX_VALUE_ELEMENTS
 from memserve.kernels.control import CONTROL_FLOW
 from memserve.registry import LoadOptions, Registry
 
@@ -82,7 +83,8 @@ def parameter_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> se
         for k in op.const_inputs if op else ():
             if k < len(n.input) and n.input[k]:
                 wanted.add(n.input[k])
-    return wanted & set(feeds)
+    # A large input reaches a parameter only through its shape (Shape, Size): it is data, not a parameter.
+    return {name for name in wanted & set(feeds) if feeds[name].size <= MAX_VALUE_ELEMENTS}
 
 
 def freeze_parameters(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:

@@ -105,6 +105,7 @@ class OpDef:
     # Runs a planned subgraph (Loop, Scan): `build` takes a fourth argument, the body's run function
     # (feeds -> the body's outputs), which the engine makes; never folded at load.
     subplan: bool = False
+    shape_only: bool = False  # reads its input's shape, never its values (Shape, Size)
 
 
 REGISTRY: dict[tuple[str, str], OpDef] = {}

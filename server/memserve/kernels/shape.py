@@ -226,8 +226,8 @@ def _build_range(node, ins, outs):
     return run
 
 
-register(OpDef("Shape", _shape_infer))
-register(OpDef("Size", _size_infer))
+register(OpDef("Shape", _shape_infer, shape_only=True))
+register(OpDef("Size", _size_infer, shape_only=True))
 register(OpDef("ConstantOfShape", _constant_of_shape_infer, _build_constant_of_shape, const_inputs=(0,)))
 register(OpDef("Range", _range_infer, _build_range, const_inputs=(0, 1, 2)))
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import logging
 from dataclasses import dataclass, field
 
@@ -227,11 +228,24 @@ def _planning_values(inputs: list[InputShape], given: dict[str, np.ndarray]) -> 
         if any(s != FIXED for s in symbols):
             raise InvalidArgument(f"input_values[{name!r}]: input {name!r} has open dimensions; a value to plan "
                                   "with needs an input of fixed shape")
-        if value.dtype != dtype or value.shape != shape:
-            raise InvalidArgument(f"input_values[{name!r}] must be {dtype} {list(shape)} like the input, got "
-                                  f"{value.dtype} {list(value.shape)}")
-        values[name] = value
+        values[name] = _as_input(name, value, dtype, shape)
     return values
+
+
+def _as_input(name: str, value: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A value to plan with, in the input's type and shape: any shape of as many elements, any type that
+    holds the same numbers (3 for an int32 input, [4] for a scalar), so clients need not know either."""
+    if value.dtype == dtype and value.shape == shape:
+        return value
+    numbers = value.dtype.kind in "iuf" and dtype.kind in "iuf" or value.dtype.kind == dtype.kind == "b"
+    if value.size == math.prod(shape) and numbers:
+        with np.errstate(all="ignore"):
+            cast = value.astype(dtype).reshape(shape)
+        floats = value.dtype.kind == dtype.kind == "f"  # a float to a float rounds, as the user means
+        if floats or np.array_equal(cast.reshape(-1).astype(value.dtype), value.reshape(-1)):
+            return cast
+    raise InvalidArgument(f"input_values[{name!r}] must be {dtype} {list(shape)} like the input, got "
+                          f"{value.dtype} {list(value.shape)}")
 
 
 def _dim_name(param: str) -> str:
@@ -287,6 +301,9 @@ class _Walk:
         self.infos.update({name: TensorInfo(dtype, shape, values.get(name)) for name, dtype, shape, _ in inputs})
         # Known values that depend on the request (its sizes, or the values of inputs planned with input_values).
         self.dynamic: set[str] = set(values)
+        # Tensors whose shape may change with the request: inputs with open dimensions, and what is computed
+        # from them or from dynamic values. Shape and Size of anything else are constants.
+        self.varying: set[str] = {name for name, _, _, symbols in inputs if any(s != FIXED for s in symbols)}
         self.nodes: list[tuple[Node, OpDef, str]] = []
         self.batched = batched
         for node in graph.nodes:
@@ -336,15 +353,22 @@ class _Walk:
             if k < len(ins) and ins[k] is not None and ins[k].value is None and k not in op.value_inputs:
                 raise UnsupportedModel(
                     f"node {node.name!r} ({node.op_type}): input {node.inputs[k]!r} must be known when the "
-                    "model loads (an initializer, or computed from weights and shapes)")
+                    "model loads (an initializer, or computed from weights and shapes); when it comes from "
+                    "a graph input, give that input a value to plan with in input_values (--input-value)")
         outs = op.infer(node, ins)
         _narrow_check(node, op, outs)
+        if any(n in self.varying or (n in self.dynamic and not op.shape_only) for n in node.inputs if n):
+            self.varying.update(node.outputs)
         inputs_known = all(i is None or i.value is not None for i in ins)
         if not op.subplan and (inputs_known or all(o.value is not None for o in outs)):
             values = evaluate(op, node, ins, outs)
             if op.sized:  # known now: the actual shapes, not the largest
                 outs = [TensorInfo(o.dtype, v.shape) for o, v in zip(outs, values)]
-            dynamic = any(n in self.dynamic for n in node.inputs) or (batched and not inputs_known)
+            # Known from shapes alone (Shape, Size): dynamic when a shape may change with the request.
+            if op.shape_only:
+                dynamic = any(n in self.varying for n in node.inputs if n)
+            else:
+                dynamic = any(n in self.dynamic or (not inputs_known and n in self.varying) for n in node.inputs if n)
             if not dynamic:
                 self._set(node, outs, values)
                 self.consts.update(zip(node.outputs, values))
