@@ -67,6 +67,29 @@ def test_attention_matches_onnxruntime(case):
     check(model, feeds_for(inputs), reference=case == "float_mask_short")  # onnxruntime wants a full mask
 
 
+@pytest.mark.parametrize("left,right,causal,past", [(1, -1, 0, 0), (-1, 0, 0, 0), (2, 1, 0, 0), (1, 1, 1, 0),
+                                                    (2, -1, 1, 3), (0, 0, 0, 0)])
+def test_sliding_windows_match_the_reference(left, right, causal, past):
+    b, sq, skv, d = 2, 5, 5, 8
+    inputs = [("q", F, (b, 4, sq, d)), ("k", F, (b, 4, skv, d)), ("v", F, (b, 4, skv, d))]
+    outs = [("y", F, [b, 4, sq, d])]
+    if past:
+        inputs += [("mask", F, None), ("pk", F, (b, 4, past, d)), ("pv", F, (b, 4, past, d))]
+        outs += [("pres_k", F, [b, 4, skv + past, d]), ("pres_v", F, [b, 4, skv + past, d])]
+    node = helper.make_node("Attention", [n if sh is not None else "" for n, _, sh in inputs], [n for n, _, _ in outs],
+                            left_window_size=left, right_window_size=right, is_causal=causal)
+    model = graph_model([node], [(n, t, sh) for n, t, sh in inputs if sh is not None], outs, opset=25)
+    check(model, feeds_for(inputs), reference=True)
+
+
+def test_a_window_below_minus_one_is_refused():
+    model = graph_model([helper.make_node("Attention", ["q", "k", "v"], ["y"], left_window_size=-2)],
+                        [("q", F, (1, 2, 3, 4)), ("k", F, (1, 2, 3, 4)), ("v", F, (1, 2, 3, 4))],
+                        [("y", F, [1, 2, 3, 4])], opset=25)
+    with pytest.raises(InvalidArgument, match="left_window_size must be -1"):
+        compile_model(model, CompileOptions())
+
+
 @pytest.mark.parametrize("interleaved", [0, 1])
 @pytest.mark.parametrize("rank", [3, 4])
 def test_rotary_embedding_with_position_ids(interleaved, rank):

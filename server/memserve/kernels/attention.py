@@ -79,8 +79,9 @@ def _attention_dims(node: Node, ins) -> dict:
     if a.get("softmax_precision") not in (None, 1, 10, 11, 16):
         raise UnsupportedModel(f"node {node.name!r} (Attention): softmax_precision {a['softmax_precision']} "
                                "is not supported")
-    if a.get("left_window_size", -1) != -1 or a.get("right_window_size", -1) != -1:
-        raise UnsupportedModel(f"node {node.name!r} (Attention): sliding windows are not supported")
+    for side in ("left_window_size", "right_window_size"):
+        if a.get(side, -1) < -1:
+            raise node_error(node, f"{side} must be -1 (unbounded) or at least 0, got {a[side]}")
     return {"rank": rank, "b": b, "hq": hq, "hkv": hkv, "sq": sq, "skv": skv, "d": d, "dv": dv, "past": past,
             "total": total}
 
@@ -118,6 +119,19 @@ def _bias(node: Node, g: dict, mask, seqlen, dtype) -> np.ndarray:
         else:
             offset = g["past"]
         bias = bias + np.where(cols <= rows + offset, dtype.type(0), dtype.type(-np.inf))
+    left, right = node.attrs.get("left_window_size", -1), node.attrs.get("right_window_size", -1)
+    if left >= 0 or right >= 0:  # a query at p = offset + i attends keys p - left .. p + right
+        if seqlen is not None and not g["past"]:
+            offset = (seqlen.astype(np.int64) - sq).reshape(-1, 1, 1, 1)
+        else:
+            offset = g["past"]
+        diff = rows + offset - cols
+        allowed = np.ones(np.shape(diff), bool)
+        if left >= 0:
+            allowed &= diff <= left
+        if right >= 0:
+            allowed &= -diff <= right
+        bias = bias + np.where(allowed, dtype.type(0), dtype.type(-np.inf))
     if seqlen is not None:
         valid = cols.reshape(1, 1, 1, total) < seqlen.astype(np.int64).reshape(-1, 1, 1, 1)
         bias = bias + np.where(valid, dtype.type(0), dtype.type(-np.inf))
