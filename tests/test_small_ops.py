@@ -151,3 +151,44 @@ def test_bitcast_to_bool_from_bytes_is_refused():
                         [("x", TensorProto.UINT8, [3])], [("y", TensorProto.BOOL, [3])], opset=26)
     with pytest.raises(UnsupportedModel, match="only a bool becomes one"):
         compile_model(model, CompileOptions())
+
+
+def _reference(model, feeds):
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, feeds)
+
+
+@pytest.mark.parametrize("after_conv", [False, True])
+def test_batch_normalization_in_training_mode_uses_the_batch_statistics(after_conv):
+    """Not folded into a Conv before it: its affine comes from each batch, not from weights."""
+    rng = np.random.default_rng(7)
+    c = 3
+    w = {"s": rng.uniform(0.5, 2, c).astype(np.float32), "b": rng.standard_normal(c).astype(np.float32),
+         "m": rng.standard_normal(c).astype(np.float32), "v": rng.uniform(0.5, 2, c).astype(np.float32),
+         "k": rng.standard_normal((c, c, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"])] if after_conv else []
+    nodes.append(helper.make_node("BatchNormalization", ["c" if after_conv else "x", "s", "b", "m", "v"],
+                                  ["y", "rm", "rv"], training_mode=1, momentum=0.8))
+    model = graph_model(nodes, [("x", TensorProto.FLOAT, [4, c, 5, 5])],
+                        [("y", TensorProto.FLOAT, [4, c, 5, 5]), ("rm", TensorProto.FLOAT, [c]),
+                         ("rv", TensorProto.FLOAT, [c])], w, opset=15)
+    feeds = {"x": rng.standard_normal((4, c, 5, 5)).astype(np.float32) * 3 + 1}
+    for got, want in zip(run_local(model, feeds), _reference(model, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_in_training_mode_draws_the_reference_mask_from_its_seed():
+    model = graph_model([helper.make_node("Dropout", ["x", "r", "t"], ["y", "mask"], seed=3)],
+                        [("x", TensorProto.FLOAT, [4, 50])],
+                        [("y", TensorProto.FLOAT, [4, 50]), ("mask", TensorProto.BOOL, [4, 50])],
+                        {"r": np.array(0.25, np.float32), "t": np.array(True)}, opset=13)
+    feeds = {"x": np.random.default_rng(1).standard_normal((4, 50)).astype(np.float32)}
+    got, want = run_local(model, feeds), _reference(model, feeds)
+    np.testing.assert_array_equal(got[1], want[1])
+    assert 0.6 < got[1].mean() < 0.9  # about 3 in 4 kept
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    bad = graph_model([helper.make_node("Dropout", ["x", "r", "t"], ["y"])], [("x", TensorProto.FLOAT, [4])],
+                      [("y", TensorProto.FLOAT, [4])], {"r": np.array(1.0, np.float32), "t": np.array(True)}, opset=13)
+    with pytest.raises(InvalidArgument, match=r"ratio must be in \[0, 1\)"):
+        compile_model(bad, CompileOptions())

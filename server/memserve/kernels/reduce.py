@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InvalidArgument, UnsupportedModel
-from . import Node, OpDef, TensorInfo, jit, register
+from ..errors import InvalidArgument
+from . import Node, OpDef, TensorInfo, jit, node_error, register
 from .shape import norm_axis
 
 
@@ -319,9 +319,11 @@ register(OpDef("LayerNormalization", _ln_infer, _build_ln, scratch=_ln_scratch, 
 
 
 def _bn_infer(node, ins):
-    if node.attrs.get("training_mode", 0):
-        raise UnsupportedModel(f"node {node.name!r} (BatchNormalization): training mode is not supported")
-    return [TensorInfo(ins[0].dtype, ins[0].shape)]
+    x = ins[0]
+    if len(x.shape) < 2:
+        raise node_error(node, f"input must have a channel axis, got shape {x.shape}")
+    stats = TensorInfo(x.dtype, (x.shape[1],))
+    return [TensorInfo(x.dtype, x.shape)] + [stats] * min(len(node.outputs) - 1, 2)
 
 
 def bn_affine(node: Node, scale, bias, mean, var) -> tuple[np.ndarray, np.ndarray]:
@@ -333,6 +335,8 @@ def bn_affine(node: Node, scale, bias, mean, var) -> tuple[np.ndarray, np.ndarra
 def _build_bn(node, ins, outs):
     rank = len(ins[0].shape)
     bshape = (-1,) + (1,) * (rank - 2)
+    if node.attrs.get("training_mode", 0):
+        return _bn_training(node, rank, bshape, len(outs))
 
     def run(i, o):
         a, b = bn_affine(node, *i[1:5])
@@ -342,6 +346,26 @@ def _build_bn(node, ins, outs):
     return run
 
 
+def _bn_training(node: Node, rank: int, bshape: tuple, n_out: int):
+    """Normalized by the batch's own statistics; the running ones move towards them by 1 - momentum."""
+    axes = (0,) + tuple(range(2, rank))
+    momentum = node.attrs.get("momentum", 0.9)
+
+    def run(i, o):
+        x = i[0]
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        a, b = bn_affine(node, i[1], i[2], mean, var)
+        if n_out > 1:
+            np.copyto(o[1], i[3] * momentum + mean * (1 - momentum), casting="unsafe")
+        if n_out > 2:
+            np.copyto(o[2], i[4] * momentum + var * (1 - momentum), casting="unsafe")
+        np.multiply(x, a.reshape(bshape).astype(o[0].dtype, copy=False), out=o[0])
+        o[0] += b.reshape(bshape).astype(o[0].dtype, copy=False)
+
+    return run
+
+
+# In place in training mode too: the batch's statistics are read before the output is written.
 register(OpDef("BatchNormalization", _bn_infer, _build_bn, inplace=(0,)))
 
 

@@ -130,16 +130,37 @@ register(OpDef("Flatten", _flatten_infer, alias=True))
 register(OpDef("Squeeze", _squeeze_infer, alias=True, const_inputs=(1,)))
 register(OpDef("Unsqueeze", _unsqueeze_infer, alias=True, const_inputs=(1,)))
 register(OpDef("Identity", _identity_infer, alias=True))
+def _dropout_ratio(node, ins) -> float:
+    """The ratio dropped: 0 unless in training mode (opset 12's input, or before it the is_test attribute)."""
+    training = len(ins) > 2 and ins[2] is not None and bool(np.asarray(ins[2].value).reshape(-1)[0])
+    if not training:
+        return 0.0
+    ratio = float(np.asarray(ins[1].value).reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0.5
+    if not 0 <= ratio < 1:
+        raise node_error(node, f"ratio must be in [0, 1), got {ratio}")
+    return ratio
+
+
 def _dropout_infer(node, ins):
-    if len(ins) > 2 and ins[2] is not None and bool(np.asarray(ins[2].value).reshape(())):
-        raise UnsupportedModel(f"node {node.name!r} (Dropout): training mode is not supported")
+    _dropout_ratio(node, ins)
     return [TensorInfo(ins[0].dtype, ins[0].shape), TensorInfo(np.dtype(bool), ins[0].shape)]
 
 
 def _build_dropout(node, ins, outs):
-    def run(i, o):  # inference: output = input, mask all true
-        np.copyto(o[0], i[0])
-        o[1].fill(True)
+    ratio = _dropout_ratio(node, ins)
+    seed = node.attrs.get("seed")
+    if not ratio:
+        def run(i, o):  # output = input, mask all true
+            np.copyto(o[0], i[0])
+            if len(o) > 1:
+                o[1].fill(True)
+    else:
+        def run(i, o):  # training mode: keep with probability 1 - ratio, scaled; a seed repeats the mask
+            keep = np.random.RandomState(seed).uniform(0, 1.0, i[0].shape) >= ratio  # the reference's draw
+            np.multiply(i[0], keep, out=o[0], casting="unsafe")
+            o[0] *= o[0].dtype.type(1 / (1 - ratio))
+            if len(o) > 1:
+                np.copyto(o[1], keep)
 
     return run
 

@@ -127,7 +127,8 @@ class Rewriter:
 
     def _conv_bn(self, k: int, bn: Node) -> None:
         conv = self.made_by(bn.inputs[0], "Conv")
-        if conv is None or not self.private(bn.inputs[0]) or len([o for o in bn.outputs if o]) != 1:
+        if conv is None or not self.private(bn.inputs[0]) or len([o for o in bn.outputs if o]) != 1 \
+                or bn.attrs.get("training_mode", 0):  # the batch's own statistics: no constant affine
             return
         ck, cnode = conv
         if "activation" in cnode.attrs or len(cnode.inputs) > 3:  # an epilogue fused already: BN comes after it
