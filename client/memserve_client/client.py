@@ -281,14 +281,21 @@ def _load_options(name, workspace, max_batch, input_shapes, input_values=None) -
 
 def _upload(opts: pb.LoadOptions, source: ModelSource, chunk: int, progress: Progress | None
             ) -> Iterator[pb.LoadRequest]:
-    """Options first, then the model in chunks, read lazily so any size streams."""
-    yield pb.LoadRequest(options=opts)
+    """Options first, then the model in chunks, read lazily so any size streams. A path is opened now,
+    before any call: a missing file or a directory is the caller's OSError naming it, not a failed call."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         stream, total, owned = io.BytesIO(source), len(source), True
     elif isinstance(source, (str, os.PathLike)):
-        stream, total, owned = open(source, "rb"), os.path.getsize(source), True
+        stream = open(source, "rb")  # noqa: SIM115 - closed by the generator
+        stream, total, owned = stream, os.fstat(stream.fileno()).st_size, True
     else:
         stream, total, owned = source, 0, False
+    return _requests(opts, stream, total, owned, chunk, progress)
+
+
+def _requests(opts: pb.LoadOptions, stream: BinaryIO, total: int, owned: bool, chunk: int,
+              progress: Progress | None) -> Iterator[pb.LoadRequest]:
+    yield pb.LoadRequest(options=opts)
     sent = 0
     try:
         while data := stream.read(chunk):
