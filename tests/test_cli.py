@@ -46,8 +46,8 @@ def test_errors_are_one_line_with_nonzero_exit(daemon):
     r = cli(daemon, "infer", "missing", "--random", check=False)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "memserve: error: NOT_FOUND: no model with name 'missing' is loaded; ListModels shows the loaded ones "
-        "(code 100011)"]
+        "memserve: error: NOT_FOUND: no model with name 'missing' is loaded; ListModels (`memserve list`) shows the "
+        "loaded ones (code 100011)"]
     r = cli(daemon, "load", "/nonexistent.onnx", check=False)
     assert r.returncode == 1 and r.stderr.startswith("memserve: error:") and len(r.stderr.splitlines()) == 1
 

@@ -1,6 +1,8 @@
 """What a newcomer meets in the first hour (issue 13): each stumble seen, with what the user now sees."""
 import pytest
 
+from test_security import pki  # noqa: F401 - the fixture: a CA, a server certificate
+
 
 @pytest.mark.parametrize("path,error", [("examples/mpl.onnx", FileNotFoundError), ("examples/", IsADirectoryError)])
 def test_a_mistyped_model_path_is_the_callers_oserror_naming_it(daemon, client, path, error):
@@ -9,3 +11,117 @@ def test_a_mistyped_model_path_is_the_callers_oserror_naming_it(daemon, client, 
         with pytest.raises(error, match=path.rstrip("/")):
             call(path)
     assert client.list_models() == []
+
+
+def memserved(*args: str, timeout: float = 60):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "memserve", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_an_unknown_device_is_one_line_and_exit_2():
+    """Was: a 16-line traceback."""
+    r = memserved("--device", "gpu", "--port", "0", "--http-port", "-1", "--metrics-port", "-1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["memserved: unknown device kind 'gpu'; this build supports: cpu"]
+
+
+@pytest.mark.parametrize("size,says", [
+    ("100TiB", "is more than this machine's RAM"),  # was accepted on a 24 GiB machine
+    ("4GB", "'4GB' is ambiguous: write 4GiB (4294967296 bytes) or 4000000000 (bytes)"),  # was 4e9 silently
+    ("4g", "'4g' is ambiguous: write 4GiB"),
+    ("lots", "'lots' is not a size"),
+])
+def test_device_memory_that_cannot_be_meant_is_refused(size, says):
+    r = memserved("--device-memory", size, "--port", "0")
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+
+
+def test_binary_units_are_what_they_say():
+    from memserve.config import parse_size
+
+    assert [parse_size(s) for s in ("512", "1KiB", "1.5MiB", "4GiB", "1TiB")] == [
+        512, 1024, 3 << 19, 4 << 30, 1 << 40]
+
+
+def memserve(*args: str, target: str | None = None, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    full = [sys.executable, "-m", "memserve_client.cli"] + (["--target", target] if target else []) + list(args)
+    return subprocess.run(full, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line(r) -> str:
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_no_daemon_says_how_to_start_one_or_where_to_point():
+    line = one_line(memserve("list", target="127.0.0.1:1"))
+    assert "no daemon answers at 127.0.0.1:1: start one (`make serve`, or memserved) or give --target" in line
+    assert "add --tls (or --tls-ca FILE) if it serves TLS" in line
+
+
+def test_a_plaintext_cli_against_a_tls_daemon_hints_at_tls(make_daemon, pki):
+    d, _ = pki
+    daemon = make_daemon("--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key"))
+    assert "--tls" in one_line(memserve("list", target=daemon.target))
+
+
+def test_a_missing_token_names_where_to_give_it(make_daemon, tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    daemon = make_daemon("--admin-token-file", str(tmp_path / "token"))
+    line = one_line(memserve("load", "examples/mlp.onnx", target=daemon.target))
+    assert "UNAUTHENTICATED" in line and "--token-file FILE or $MEMSERVE_TOKEN" in line
+    ok = memserve("load", "examples/mlp.onnx", target=daemon.target, env={"MEMSERVE_TOKEN": "s3cret"})
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_a_closed_pipe_ends_quietly(daemon, client):
+    import subprocess
+    import sys
+
+    client.load("examples/mlp.onnx", name="mlp", max_batch=64)
+    cmd = (f"{sys.executable} -m memserve_client.cli --target {daemon.target} infer mlp --random --batch 64 "
+           "--threshold 100000 | head -c 10")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert r.stdout and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args,says", [
+    (["load", "examples/mlp.onnx", "--max-batch", "0"], "'0' is not a whole number of at least 1"),
+    (["load", "examples/mlp.onnx", "--instances", "-2"], "'-2' is not a whole number of at least 1"),
+    (["infer", "mlp", "--random", "--priority", "9"], "argument --priority: invalid choice"),
+])
+def test_flags_that_cannot_be_meant_are_refused(daemon, args, says):
+    r = memserve(*args, target=daemon.target)
+    assert r.returncode == 2 and says in r.stderr
+
+
+def test_the_cli_covers_every_load_and_execute_option(daemon, client):
+    r = memserve("load", "examples/mlp.onnx", "--name", "mlp", "--max-batch", "8", "--instances", "2",
+                 "--batching", "--max-queue-delay", "500", "--preferred-batch", "4", "--workspace", "auto",
+                 target=daemon.target)
+    assert r.returncode == 0, r.stderr
+    assert "instances:   2" in r.stdout
+    r = memserve("load", "examples/mlp.onnx", "--name", "mlp", "--replace", target=daemon.target)
+    assert r.returncode == 0, r.stderr
+    assert [m.name for m in client.list_models()] == ["mlp"]
+    r = memserve("infer", "mlp", "--random", "--priority", "3", "--timeout", "10", target=daemon.target)
+    assert r.returncode == 0 and r.stdout.startswith("probs: float32 [1, 10]"), r.stderr
+
+
+@pytest.mark.parametrize("command,flags", [
+    ("load", ["--instances", "--replace", "--batching", "--max-queue-delay", "--preferred-batch", "--input-shape",
+              "--input-value", "'auto'"]),
+    ("infer", ["--priority", "--timeout", "an input from a .npy file", "seed of --random"]),
+])
+def test_help_names_every_option(command, flags):
+    out = memserve(command, "--help").stdout
+    assert all(f in " ".join(out.split()) for f in flags), out

@@ -16,6 +16,17 @@ NO_DAEMON_FOR_PLAN = ("memserve plan asks a running daemon (memserved) to plan t
                       "start one with `make serve` or give --target")
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (0 used to become 1 without a word)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
+
+
 def _ref(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
@@ -35,6 +46,8 @@ def _print_model(m: Model) -> None:
     print(f"weight size: {m.weight_size} bytes" + ("  (shared with a loaded model)" if m.weights_shared else ""))
     if m.max_batch:
         print(f"max batch:   {m.max_batch}")
+    if len(m.workspaces) > 1:
+        print(f"instances:   {len(m.workspaces)} ({', '.join(m.workspaces)})")
     if m.load_time_us:
         print(f"load time:   {m.load_time_us / 1000:.1f} ms")
     for kind, specs in (("input", m.inputs), ("output", m.outputs)):
@@ -84,6 +97,8 @@ def cmd_load(c: Client, a) -> None:
     try:
         m = c.load(a.model, name=a.name, workspace=a.workspace, max_batch=a.max_batch,
                    input_shapes=_input_shapes(a.input_shape), input_values=_input_values(a.input_value),
+                   instances=a.instances, replace=a.replace, batching=a.batching,
+                   max_queue_delay_us=a.max_queue_delay, preferred_batch_sizes=tuple(a.preferred_batch),
                    progress=progress)
     finally:
         if bar:
@@ -121,7 +136,7 @@ def cmd_infer(c: Client, a) -> None:
             inputs.setdefault(spec.name, _random_input(spec, a.batch, rng))
     if not inputs:
         raise SystemExit("memserve: give --random or --input NAME=FILE.npy")
-    r = c.execute_with_stats(ref, inputs, timeout=a.timeout)
+    r = c.execute_with_stats(ref, inputs, timeout=a.timeout, priority=a.priority)
     np.set_printoptions(threshold=a.threshold, precision=6, suppress=True)
     for name, value in r.outputs.items():
         print(f"{name}: {value.dtype.name} {list(value.shape)}")
@@ -190,7 +205,8 @@ def parser() -> argparse.ArgumentParser:
 
     def model_upload(sp):
         sp.add_argument("model", help="path to an ONNX file")
-        sp.add_argument("--max-batch", type=int, help="largest batch the model will be asked to run")
+        sp.add_argument("--max-batch", type=_positive, help="largest batch the model will be asked to run "
+                                                               "(when its leading dimension is open; default 1)")
         sp.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                         help="largest shape of an input whose dimensions the model leaves open: memory is "
                              "planned for it, requests may be smaller along the open dimensions")
@@ -200,8 +216,20 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("load", help="upload and load a model")
     model_upload(sp)
-    sp.add_argument("--name", help="name to serve it under")
-    sp.add_argument("--workspace", default="private", help="'private' or 'shared:<group>'")
+    sp.add_argument("--name", help="name to serve it under (default model-<id>)")
+    sp.add_argument("--workspace", default="private",
+                    help="'private' (default), 'shared:<group>' (models of a group take turns in one workspace "
+                         "sized to the largest) or 'auto' (private when it fits, else the group it grows least)")
+    sp.add_argument("--instances", type=_positive, default=1,
+                    help="private workspaces (and lanes) that run requests in parallel, sharing one weight copy")
+    sp.add_argument("--replace", action="store_true",
+                    help="take over --name from the model that has it, without failing its requests")
+    sp.add_argument("--batching", action="store_true",
+                    help="dynamic batching: merge queued requests into executions of up to --max-batch rows")
+    sp.add_argument("--max-queue-delay", type=int, default=0, metavar="US",
+                    help="with --batching: how long (microseconds) a request may wait for others to join it")
+    sp.add_argument("--preferred-batch", type=_positive, action="append", default=[], metavar="N",
+                    help="with --batching: a batch size to run as soon as it is reached (repeat for more)")
     sp.set_defaults(fn=cmd_load)
     sp = sub.add_parser("query-size", help="work and weight memory a model would need")
     model_upload(sp)
@@ -213,11 +241,14 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_plan)
     sp = sub.add_parser("infer", help="run a loaded model")
     sp.add_argument("model", help="model id or name")
-    sp.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    sp.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                    help="an input from a .npy file (numpy.save); repeat for each input")
     sp.add_argument("--random", action="store_true", help="random values for inputs not given")
-    sp.add_argument("--batch", type=int, default=1, help="batch size of random inputs (default 1)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--timeout", type=float, help="seconds")
+    sp.add_argument("--batch", type=_positive, default=1, help="batch size of random inputs (default 1)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of --random's values (default 0)")
+    sp.add_argument("--timeout", type=float, help="seconds the daemon may take, queueing included")
+    sp.add_argument("--priority", type=int, default=0, choices=range(8), metavar="0-7",
+                    help="0 (default, highest) to 7: queued requests of a higher priority run first")
     sp.add_argument("--output-dir", help="also save each output as NAME.npy here")
     sp.add_argument("--threshold", type=int, default=64, help="print at most this many values per output")
     sp.set_defaults(fn=cmd_infer)
@@ -246,13 +277,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(a.target_used, **_security(a)) as c:
             a.fn(c, a)
+    except BrokenPipeError:  # `memserve ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except MemserveError as err:
-        print(f"memserve: error: {err}", file=sys.stderr)
+        print(f"memserve: error: {err}{_hint(err, a)}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as err:
         print(f"memserve: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _hint(err: MemserveError, a) -> str:
+    """What to try, for the errors that come from how the CLI reached the daemon."""
+    if err.code.name == "UNAVAILABLE" and err.acl_code is None:  # no daemon answered (a daemon sets a code)
+        tls = "" if a.tls or a.tls_ca else ", or add --tls (or --tls-ca FILE) if it serves TLS"
+        return (f"; no daemon answers at {a.target_used}: start one (`make serve`, or memserved) or give "
+                f"--target HOST:PORT (or $MEMSERVE_TARGET){tls}")
+    if err.code.name == "UNAUTHENTICATED":
+        return "; give the daemon's admin token with --token-file FILE or $MEMSERVE_TOKEN"
+    return ""
 
 
 if __name__ == "__main__":

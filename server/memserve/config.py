@@ -13,16 +13,23 @@ import re
 import tomllib
 from dataclasses import dataclass
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+# Decimal or bare units: 4GB is 4e9 bytes to a disk vendor and 4 * 2^30 to most people; refused, not guessed.
+_AMBIGUOUS = {"k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12}
 
 
 def parse_size(text: str) -> int:
-    """'512MiB' -> 536870912; plain numbers are bytes."""
+    """'512MiB' -> 536870912; plain numbers are bytes; KiB, MiB, GiB, TiB are powers of 1024."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
+    unit = m.group(2).lower() if m else ""
+    if m and unit in _AMBIGUOUS:
+        binary = f"{m.group(1)}{unit[0].upper()}iB"
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is ambiguous: write {binary} ({parse_size(binary)} bytes) or "
+            f"{int(float(m.group(1)) * _AMBIGUOUS[unit])} (bytes)")
+    if not m or unit not in _UNITS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 1048576, 512MiB, 4GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return int(float(m.group(1)) * _UNITS[unit])
 
 
 MAX_THREADS = 256
@@ -161,6 +168,9 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
     p.set_defaults(**defaults)
     ns = p.parse_args(argv)
     cfg = Config(**vars(ns))
+    if cfg.device == "cpu" and cfg.device_memory > host_ram():
+        p.error(f"--device-memory {cfg.device_memory} bytes is more than this machine's RAM ({host_ram()} bytes), "
+                "which the cpu device's memory is; leave it out for half the RAM")
     cfg.device_memory = cfg.device_memory or default_device_memory()
     cfg.max_load_memory = cfg.max_load_memory or default_load_memory(cfg.device_memory)
     return cfg

@@ -352,7 +352,7 @@ class Registry:
         model = self._models.get(model_id) if model_id is not None else None
         if model is None:
             what = f"name {ref!r}" if isinstance(ref, str) else f"id {ref}"
-            raise NotFound(f"no model with {what} is loaded; ListModels shows the loaded ones")
+            raise NotFound(f"no model with {what} is loaded; ListModels (`memserve list`) shows the loaded ones")
         return model
 
     def list(self) -> list[LoadedModel]:

@@ -318,12 +318,12 @@ def run(config: Config) -> int:
     try:
         daemon = Daemon(config)
         daemon.start()
-    except ListenError as err:
+    except (ListenError, MemserveError) as err:  # a busy port, an unknown device: one line, no traceback
         if daemon is not None:
             daemon.server.stop(None)
             if daemon.rest is not None:
                 daemon.rest.stop(0)
-        print(f"memserved: {err}", file=sys.stderr, flush=True)
+        print(f"memserved: {getattr(err, 'message', err)}", file=sys.stderr, flush=True)
         return 2
     # One line that scripts parse: "listening on HOST:PORT (http on HOST:PORT, ..., metrics on HOST:PORT)".
     http = f"http on {config.host}:{daemon.http_port}, " if daemon.http_port else ""
