@@ -50,7 +50,7 @@ def dispatch_us(reg, m, feeds) -> float:
     key = plan.key_of(feeds)
     with reg.context:
         binding = m.executable.binding(key, m.workspace)
-    noop = [("call", lambda i, o: None, s.inputs, s.outputs + s.scratch, False)
+    noop = [("call", s.guard, lambda i, o: None, s.inputs, s.outputs + s.scratch, False)
             for s in plan.steps if s.phase == "run" and not s.op.alias]
     run, _ = _generate(plan, binding.template, noop, binding.io)
     outs = [np.empty(shape, dtype) for _, dtype, shape, _ in binding.io]

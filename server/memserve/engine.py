@@ -212,12 +212,17 @@ def _body(step, env: list) -> Callable[[dict], list]:
         return b
 
     fixed = bind(plan.max_key()) if not keyed else None
+    by_value = bool(plan.param_values)  # keyed by the iteration number: look the key up every time
+    last: list = [None, None]  # the feeds' shapes and their binding: a loop feeds the same shapes each time
 
     def run(feeds: dict) -> list:
         if fixed is not None:
             return fixed.run(feeds, fixed.io_views)
-        key = plan.key_of(feeds)
-        b = bindings.get(key) or bind(key)
+        shapes = None if by_value else tuple(a.shape for a in feeds.values())
+        if shapes is None or shapes != last[0]:
+            key = plan.key_of(feeds)
+            last[:] = shapes, bindings.get(key) or bind(key)
+        b = last[1]
         return b.run(feeds, b.io_views)
 
     return run
