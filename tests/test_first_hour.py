@@ -125,3 +125,65 @@ def test_the_cli_covers_every_load_and_execute_option(daemon, client):
 def test_help_names_every_option(command, flags):
     out = memserve(command, "--help").stdout
     assert all(f in " ".join(out.split()) for f in flags), out
+
+
+def test_model_statistics_count_refused_requests_as_failures(daemon, client):
+    """Was: ModelStatistics showed no failures after 4 refused requests that Prometheus counted."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from memserve_client import MemserveError
+
+    client.load("examples/mlp.onnx", name="mlp", max_batch=4)
+    client.execute("mlp", {"x": np.ones((1, 64), np.float32)})
+    for bad in ({"x": np.ones((1, 63), np.float32)}, {"x": np.ones((9, 64), np.float32)},
+                {"x": np.ones((1, 64), np.float64)}, {"y": np.ones((1, 64), np.float32)}):
+        with pytest.raises(MemserveError):
+            client.execute("mlp", bad)
+    script = ("import json, sys, tritonclient.grpc as g; c = g.InferenceServerClient(sys.argv[1]); "
+              "s = c.get_inference_statistics('mlp', as_json=True)['model_stats'][0]['inference_stats']; "
+              "print(json.dumps([int(s['success'].get('count', 0)), int(s['fail'].get('count', 0))]))")
+    out = subprocess.run([sys.executable, "-c", script, daemon.target], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 4]"
+
+
+def test_tls_files_are_taken_as_paths_or_bytes(make_daemon, pki):
+    """Was: Client(tls_ca=...) took only bytes, while a path is what users pass."""
+    from memserve_client import Client
+
+    d, f = pki
+    daemon = make_daemon("--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key"))
+    for ca in (str(d / "ca.pem"), d / "ca.pem", f["ca.pem"]):
+        with Client(daemon.target, tls_ca=ca, timeout=10) as c:
+            assert c.list_models() == []
+
+
+def test_round_robin_spreads_calls_over_every_address_a_name_resolves_to(make_daemon):
+    """Two daemons behind one name (ipv4:...,...), as a headless Service's pods are: with lb_policy
+    round_robin both serve; without it (pick_first) one does."""
+    import numpy as np
+
+    from memserve_client import Client
+
+    a, b = make_daemon(), make_daemon()
+    for d in (a, b):
+        with d.client() as c:
+            c.load("examples/mlp.onnx", name="mlp")
+    target = f"ipv4:{a.target},{b.target}"
+    with Client(target, lb_policy="round_robin", timeout=10) as c:
+        for _ in range(8):
+            c.execute("mlp", {"x": np.ones((1, 64), np.float32)})
+    counts = [_executions(d) for d in (a, b)]
+    assert all(n > 0 for n in counts), counts
+
+
+def _executions(daemon) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{daemon.metrics}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(int(float(line.split()[-1])) for line in text.splitlines()
+               if line.startswith("memserve_compute_duration_seconds_count"))

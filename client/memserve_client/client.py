@@ -20,6 +20,7 @@ from memserve_api.pb.memserve.v1 import memserve_pb2_grpc as pb_grpc
 _CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 CHUNK_SIZE = 512 << 10  # well under any sane --max-message-size
 ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+Pem = Union[bytes, str, os.PathLike, None]  # PEM bytes, or a path to a PEM file
 Progress = Callable[[int, int], None]  # (bytes sent, total bytes or 0 when unknown)
 
 
@@ -154,14 +155,19 @@ class Client:
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = None,
                  max_message_size: int = 64 << 20, chunk_size: int = CHUNK_SIZE,
                  channel: grpc.Channel | None = None, token: str | None = None,
-                 tls_ca: bytes | None = None, tls_cert: bytes | None = None, tls_key: bytes | None = None,
-                 tls: bool = False):
-        """token: the daemon's admin token; tls / tls_ca: a TLS channel (tls_ca: PEM roots,
-        default the system's); tls_cert/tls_key: this client's certificate for mutual TLS."""
+                 tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None, tls: bool = False,
+                 lb_policy: str | None = None):
+        """token: the daemon's admin token; tls / tls_ca: a TLS channel (tls_ca: PEM roots, default the
+        system's); tls_cert/tls_key: this client's certificate for mutual TLS (each PEM bytes or a path);
+        lb_policy: gRPC's load-balancing policy over the addresses a target resolves to ("round_robin"
+        spreads calls over every pod of a headless Service)."""
         self.timeout = timeout
         self.chunk_size = chunk_size
         options = [("grpc.max_receive_message_length", max_message_size),
                    ("grpc.max_send_message_length", max_message_size)]
+        if lb_policy:
+            options.append(("grpc.lb_policy_name", lb_policy))
+        tls_ca, tls_cert, tls_key = _pem(tls_ca), _pem(tls_cert), _pem(tls_key)
         if channel is None and (tls or tls_ca or tls_cert):
             creds = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
             channel = grpc.secure_channel(target, creds, options=options)
@@ -277,6 +283,14 @@ def _load_options(name, workspace, max_batch, input_shapes, input_values=None) -
     for k, v in (input_values or {}).items():
         tensors.fill(opts.input_values[k], k, np.asarray(v))
     return opts
+
+
+def _pem(value: Pem) -> bytes | None:
+    """PEM bytes as given, or read from a path (what users pass)."""
+    if value is None or isinstance(value, (bytes, bytearray)):
+        return value
+    with open(value, "rb") as fh:
+        return fh.read()
 
 
 def _upload(opts: pb.LoadOptions, source: ModelSource, chunk: int, progress: Progress | None

@@ -387,8 +387,13 @@ class Registry:
             self._check_serving()
         model = self.get(ref)
         plan = model.plan
-        key = plan.key_of(arrays)
-        plan.infos_at(key)  # sizes the plan cannot hold fail here, not on the lane
+        try:
+            key = plan.key_of(arrays)
+            plan.infos_at(key)  # sizes the plan cannot hold fail here, not on the lane
+        except MemserveError:  # a refused request is a failed one in the model's statistics, as in the metrics
+            now = time.perf_counter()
+            model.stats.request_done(now, now, False, 0)
+            raise
         req = Request(model.id, model.job, deadline, priority, payload=arrays, rows=key[0], finish_by=finish_by,
                       shape=key[1:])
         b = model.options.batching
