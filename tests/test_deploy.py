@@ -69,8 +69,9 @@ def by_kind(objects, kind):
 def test_base_is_valid_and_serves_safely():
     objects = render(K8S / "base")
     validate(objects)
+    # No ServiceMonitor: `kubectl apply -k` of the base must work on a cluster without the Prometheus Operator
     assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
-                                                 "Service", "ServiceMonitor"]
+                                                 "Service"]
     (dep,) = by_kind(objects, "Deployment")
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -81,7 +82,6 @@ def test_base_is_valid_and_serves_safely():
     assert pod["terminationGracePeriodSeconds"] >= grace + c["lifecycle"]["preStop"]["sleep"]["seconds"]
     headless = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") == "None"]
     assert len(headless) == 1  # for clients balancing with dns:/// and round_robin
-    assert by_kind(objects, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "metrics"
     # gRPC, HTTP/REST and metrics each on their own port, as the config sets them (Triton's 8000 and 8002)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": 50051, "http": 8000, "metrics": 8002}
@@ -89,6 +89,16 @@ def test_base_is_valid_and_serves_safely():
         assert re.search(rf"^\s*{flag} = (\d+)$", config, re.M).group(1) == str(ports[name]), flag
     (service,) = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") != "None"]
     assert {p["targetPort"]: p["port"] for p in service["spec"]["ports"]} == ports
+
+
+def test_monitoring_overlay_adds_a_service_monitor_on_the_metrics_port():
+    objects = render(K8S / "overlays" / "monitoring")
+    validate(objects)
+    (monitor,) = by_kind(objects, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (service,) = [s for s in by_kind(objects, "Service") if s["spec"].get("clusterIP") != "None"]
+    assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
 
 
 def test_stateful_overlay_keeps_models_on_a_claim():
