@@ -5,7 +5,7 @@
 #
 #   - perf_analyzer: from the tritonclient 2.41.0 manylinux wheel (tritonclient-2.41.0.data/data/bin/);
 #   - libcudart.so.12, which it links although no GPU is used: from the nvidia-cuda-runtime-cu12 wheel;
-#   - libb64.so.0d: Debian's libb64-0d (apt-get install as root; otherwise its .deb unpacked into the cache).
+#   - libb64.so.0d: Debian's libb64-0d, its .deb downloaded and unpacked into the cache (nothing installed).
 #
 # Quick (no network) when everything is in place. Usage: tools/ensure_perf_analyzer.sh [--quiet]
 set -eu
@@ -66,17 +66,11 @@ fi
 
 if missing | grep -q '^libb64\.so\.0d$'; then
   command -v apt-get >/dev/null 2>&1 || fail "perf_analyzer needs libb64.so.0d (Debian/Ubuntu package libb64-0d) and there is no apt-get here"
-  if [ "$(id -u)" = 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null 2>&1; } \
-      || fail "apt-get install libb64-0d failed (perf_analyzer needs libb64.so.0d)"
-  else
-    # Not root: unpack the package into the cache instead of installing it.
-    (cd "$TMP" && apt-get download libb64-0d >/dev/null 2>&1 && dpkg -x libb64-0d_*.deb pkg) \
-      || fail "perf_analyzer needs libb64.so.0d: run 'apt-get install libb64-0d' as root"
-    find "$TMP/pkg" -name 'libb64.so.0d*' -exec cp -P {} "$D/lib/" \;
-  fi
+  # Unpacked into the cache, never installed on the system: no root needed (only root may refresh the lists).
+  fetch() { (cd "$TMP" && apt-get download libb64-0d >/dev/null 2>&1 && dpkg -x libb64-0d_*.deb pkg); }
+  fetch || { [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && fetch; } \
+    || fail "perf_analyzer needs libb64.so.0d: apt-get download libb64-0d did not work here"
+  find "$TMP/pkg" -name 'libb64.so.0d*' -exec cp -P {} "$D/lib/" \;
 fi
 
 left=$(missing)
