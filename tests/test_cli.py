@@ -83,11 +83,26 @@ def test_plan_asks_the_daemon_reports_and_draws(daemon, client, tmp_path):
     assert wrote.strip() == str(tmp_path / "plan.png")
     assert "work size:        8192 bytes (8.0 KiB)" in report and "(1.0000 x)" in report
     assert "peak at step" in report and "largest work tensors:" in report
+    planned, _, report = report.partition("\n")
+    assert planned.startswith("planned for --max-batch 8")  # was: no word of the batch it planned for
     assert report.strip() == plan_view.report(client.plan(EXAMPLE, max_batch=8)).strip()
-    assert cli(daemon, "plan", EXAMPLE, "--max-batch", "8").stdout.strip() == report.strip()
+    assert cli(daemon, "plan", EXAMPLE, "--max-batch", "8").stdout.strip() == f"{planned}\n{report.strip()}"
     png = (tmp_path / "plan.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert client.device_status().used == 0  # planned, not loaded
+
+
+def test_the_plan_picture_reads_in_mib_names_its_tensors_and_keeps_the_legend_aside(tmp_path):
+    """Was: an axis in "31200.0 KiB", rectangles without names, the legend over the chart."""
+    pytest.importorskip("matplotlib")
+    p = plan_view.PlanInfo(work_size=30 << 20, weight_size=0, work_lower_bound=30 << 20, peak_step=1, steps=4,
+                           placements=(plan_view.Placement("conv1_out", 0, 20 << 20, 0, 2),
+                                       plan_view.Placement("tiny", 20 << 20, 1024, 3, 3),
+                                       plan_view.Placement("relu_out", 20 << 20, 10 << 20, 1, 3)))
+    drawn = plan_view.draw(p, str(tmp_path / "p.png"))
+    assert drawn["unit"] == "MiB"
+    assert [name for _, _, name in drawn["labels"]] == ["conv1_out", "relu_out"]  # "tiny" has no room
+    assert plan_view.unit_of(31200 << 10) == ("MiB", 1 << 20) and plan_view.unit_of(4096) == ("KiB", 1024)
 
 
 def test_plan_without_a_daemon_says_to_start_one():

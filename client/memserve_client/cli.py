@@ -159,9 +159,13 @@ def cmd_plan(c: Client, a) -> None:
             raise ConnectionError(f"no daemon answers at {a.target_used}: {NO_DAEMON_FOR_PLAN} "
                                   f"({err.code.name}: {err.message})") from None
         raise
+    # What it was planned for: a model with an open leading dimension plans --max-batch rows (1 if not given).
+    shapes = ", ".join(a.input_shape)
+    planned = f"planned for --max-batch {a.max_batch or 1}" + (f", --input-shape {shapes}" if shapes else "")
+    print(f"{planned} (a model whose leading dimension is open runs that many rows at most)")
     print(plan_view.report(info, a.top))
     if a.png:
-        plan_view.draw(info, a.png, os.path.basename(a.model))
+        plan_view.draw(info, a.png, f"{os.path.basename(a.model)}: {planned}")
         print(f"\nwrote {a.png}")
 
 

@@ -63,28 +63,56 @@ def report(p: PlanInfo, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def draw(p: PlanInfo, path: str, title: str = "") -> None:
+def unit_of(n: int) -> tuple[str, int]:
+    """The unit an axis of up to n bytes reads best in: 31200 KiB is 30.5 MiB."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= 2 * size:
+            return unit, size
+    return "B", 1
+
+
+def labels(p: PlanInfo, min_share: float = 0.04) -> list[tuple[float, float, str]]:
+    """(x, y, name) at the centre of each rectangle wide and tall enough to carry its name: at least
+    min_share of the steps and of the workspace."""
+    out = []
+    for t in p.placements:
+        wide = (t.last - t.first + 1) >= min_share * max(p.steps, 1)
+        tall = t.size >= min_share * max(p.work_size, 1)
+        if wide and tall:
+            out.append(((t.first + t.last + 1) / 2, t.offset + t.size / 2, t.name))
+    return out
+
+
+def draw(p: PlanInfo, path: str, title: str = "") -> dict:
+    """The picture; returns what it drew (unit, labels) for tests and callers."""
     need_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-    fig, ax = plt.subplots(figsize=(11, 6))
+    fig, ax = plt.subplots(figsize=(12, 6))
     cmap = plt.get_cmap("tab20")
-    scale = 1 / 1024
+    unit, size = unit_of(p.work_size)
+    scale = 1 / size
     for k, t in enumerate(sorted(p.placements, key=lambda t: (t.first, t.offset))):
         ax.add_patch(Rectangle((t.first, t.offset * scale), t.last - t.first + 1, t.size * scale,
                                facecolor=cmap(k % 20), edgecolor="black", linewidth=0.3, alpha=0.85))
+    names = labels(p)
+    for x, y, name in names:
+        ax.text(x, y * scale, name if len(name) <= 24 else name[:11] + "..." + name[-10:], ha="center",
+                va="center", fontsize=7, clip_on=True)
     ax.axvline(p.peak_step + 0.5, color="red", linestyle="--", linewidth=1.2,
-               label=f"peak: step {p.peak_step}, {p.work_lower_bound * scale:.1f} KiB live")
-    ax.axhline(p.work_size * scale, color="black", linewidth=1, label=f"workspace {p.work_size * scale:.1f} KiB")
+               label=f"peak: step {p.peak_step}, {p.work_lower_bound * scale:.1f} {unit} live")
+    ax.axhline(p.work_size * scale, color="black", linewidth=1, label=f"workspace {p.work_size * scale:.1f} {unit}")
     ax.set_xlim(0, max(p.steps, 1))
     ax.set_ylim(0, max(p.work_size * scale * 1.05, 1))
     ax.set_xlabel("execution step")
-    ax.set_ylabel("workspace offset (KiB)")
+    ax.set_ylabel(f"workspace offset ({unit})")
     ax.set_title(title or "workspace plan")
-    ax.legend(loc="upper right")
+    # Beside the chart, never over it.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return {"unit": unit, "labels": names}
