@@ -233,3 +233,42 @@ def test_prometheus_is_fetched_without_root_or_a_system_install(tmp_path):
         pytest.skip("apt-get download prometheus did not work here")
     assert "not installed" in r.stderr
     assert subprocess.run([str(binary), "--version"], capture_output=True, timeout=30).returncode == 0
+
+
+def test_a_model_in_the_state_dir_and_the_repository_comes_back_once_with_its_id(make_daemon, tmp_path):
+    """deploy.md: restored models keep their ids; one that the model repository also has is not loaded twice."""
+    from models import ROOT
+
+    repo = tmp_path / "repo" / "mlp" / "1"
+    repo.mkdir(parents=True)
+    (repo / "model.onnx").write_bytes((ROOT / "examples" / "mlp.onnx").read_bytes())
+    state = tmp_path / "state"
+    first = make_daemon("--state-dir", str(state))
+    with first.client() as c:
+        model_id = c.load("examples/mlp.onnx", name="mlp").id
+    first.stop()
+    again = make_daemon("--state-dir", str(state), "--model-repository", str(tmp_path / "repo"))
+    with again.client() as c:
+        assert [(m.id, m.name) for m in c.list_models()] == [(model_id, "mlp")]
+    assert "was restored from --state-dir, and that one is kept" in again.log()
+
+
+@pytest.mark.parametrize("config,batch", [({"max_batch_size": 0}, 1),
+                                          ({"max_batch_size": 0, "input": [{"name": "x", "data_type": "TYPE_FP32",
+                                                                            "dims": [6, 64]}]}, 6)])
+def test_max_batch_size_0_takes_dims_as_whole_shapes_as_kserve_md_says(daemon, client, config, batch):
+    """Was: kserve.md said 0 means 'no batch dimension', while ModelConfig reported 1."""
+    import json
+    import subprocess
+    import sys
+
+    from models import ROOT
+
+    script = ("import json, sys, tritonclient.http as h; c = h.InferenceServerClient(sys.argv[1]); "
+              "c.load_model('m0', config=sys.argv[2], files={'file:1/model.onnx': open(sys.argv[3], 'rb').read()}); "
+              "print(c.get_model_config('m0')['max_batch_size'])")
+    out = subprocess.run([sys.executable, "-c", script, daemon.http, json.dumps(config),
+                          str(ROOT / "examples" / "mlp.onnx")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == batch
+    assert client.describe("m0").max_batch == batch
