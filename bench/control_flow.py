@@ -12,25 +12,14 @@ from __future__ import annotations
 import argparse
 import io
 import pathlib
-import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-
-
-def median_us(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e6
+from engine import median_ms  # noqa: E402 - bench/engine.py, beside this file
 
 
 def recurrence(hidden: int) -> bytes:
@@ -78,8 +67,8 @@ def main() -> None:
     for name, model, shapes, feeds in cases:
         m = reg.load(model, LoadOptions(name=name, input_shapes={"x": (64, hidden)} if shapes else {}))
         sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-        ours = median_us(lambda: reg.execute(name, feeds), a.repeat)
-        theirs = median_us(lambda: sess.run(None, feeds), a.repeat)
+        ours = median_ms(lambda: reg.execute(name, feeds), a.repeat) * 1000
+        theirs = median_ms(lambda: sess.run(None, feeds), a.repeat) * 1000
         print(f"{name:<28} {ours:>12.1f} {theirs:>9.1f} {ours / theirs:>6.2f} {m.plan.work_size:>11}")
     reg.close()
 

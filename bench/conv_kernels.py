@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from engine import median_ms  # noqa: E402 - bench/engine.py, beside this file
 
 # name, (N, C, H, W), (M, kernel, stride, pad, group)
 LAYERS = [
@@ -59,13 +58,7 @@ def conv_model(x_shape, spec) -> tuple[bytes, float]:
 
 
 def median_s(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_ms(fn, repeat) / 1000
 
 
 def main() -> None:
