@@ -44,6 +44,7 @@ bench: $(DEV)
 	$(BIN)/python bench/execute_latency.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/conv_kernels.py
+	$(BIN)/python bench/control_flow.py
 	$(BIN)/python bench/front.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/compile_time.py
