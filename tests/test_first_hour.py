@@ -272,3 +272,68 @@ def test_max_batch_size_0_takes_dims_as_whole_shapes_as_kserve_md_says(daemon, c
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == batch
     assert client.describe("m0").max_batch == batch
+
+
+@pytest.mark.parametrize("flag", ["--port", "--http-port", "--metrics-port"])
+def test_a_busy_port_is_one_line_naming_it_and_its_flag(flag):
+    """Was: a 30-line traceback naming neither (the HTTP port 8000, which the README did not mention)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        others = {"--port": "0", "--http-port": "0", "--metrics-port": "0"}
+        others[flag] = str(port)
+        r = memserved(*[x for kv in others.items() for x in kv])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"port {port}: the address is already in use" in r.stderr and f"choose another {flag}" in r.stderr
+
+
+def test_plan_of_a_file_that_is_not_a_model_is_one_line(daemon):
+    """Was: `memserve plan README.md` printed a 20-line traceback."""
+    line = one_line(memserve("plan", "README.md", target=daemon.target))
+    assert line.startswith("memserve: error: INVALID_ARGUMENT: model bytes are not an ONNX ModelProto")
+
+
+def test_the_docs_link_only_inside_the_repository():
+    """Was: README linked ../shared/DESIGN.md, which a clone does not have."""
+    import re
+
+    from models import ROOT
+
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+            if "://" in target:
+                continue
+            assert (page.parent / target).resolve().is_relative_to(ROOT), f"{page.name} links {target}"
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
+
+
+def test_api_md_names_every_client_method_and_load_keyword():
+    """Was: the client section left out instances, replace, batching, execute_stream, priority and timeout."""
+    import inspect
+
+    from memserve_client import Client
+    from models import ROOT
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text[text.index("## Client and CLI"):]
+    methods = [n for n, f in inspect.getmembers(Client, inspect.isfunction) if not n.startswith("_")]
+    missing = [m for m in methods if m not in ("close",) and f"`{m}" not in section and f" {m}" not in section]
+    assert missing == []
+    keywords = [p for p in inspect.signature(Client.load).parameters if p not in ("self", "model")]
+    assert [k for k in keywords if k not in section] == []
+    for k in ("timeout", "priority", "lb_policy", "tls_ca"):
+        assert k in section
+
+
+def test_deploy_md_builds_the_image_tag_the_manifests_run():
+    """Was: deploy.md built `memserve` while the manifests ran `memserve:0.1.0`."""
+    import re
+
+    from models import ROOT
+
+    tags = {m for f in (ROOT / "deploy").rglob("*.yaml") for m in re.findall(r"image: (\S+)", f.read_text())}
+    built = re.findall(r"docker build -f deploy/Dockerfile -t (\S+) \.", (ROOT / "docs" / "deploy.md").read_text())
+    assert len(tags) == 1 and built and set(built) == tags

@@ -73,3 +73,14 @@ def test_every_command_of_the_tutorial_runs(tmp_path):
     assert "memserve says [0 0 0]" in text
     assert '"api":"kserve"' in text and '"api":"native"' in text  # the PromQL query's answer
     assert "unloaded iris:" in text
+
+
+def test_the_tritonclient_example_of_kserve_md_runs(daemon, client):
+    """Was: kserve.md had no tritonclient example."""
+    text = (ROOT / "docs" / "kserve.md").read_text()
+    code = re.search(r"^```python\n(.*?import tritonclient\.grpc.*?)^```$", text, re.S | re.M).group(1)
+    client.load(ROOT / "examples" / "mlp.onnx", name="mlp", max_batch=8)
+    r = subprocess.run([sys.executable, "-c", code.replace("127.0.0.1:50051", daemon.target)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "(2, 10)"
