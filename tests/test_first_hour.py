@@ -24,7 +24,7 @@ def test_an_unknown_device_is_one_line_and_exit_2():
     """Was: a 16-line traceback."""
     r = memserved("--device", "gpu", "--port", "0", "--http-port", "-1", "--metrics-port", "-1")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["memserved: unknown device kind 'gpu'; this build supports: cpu"]
+    assert r.stderr.strip().splitlines() == ["memserved: unknown device 'gpu'; devices: cpu, cuda[:N] (cuda needs the cuda extra)"]
 
 
 @pytest.mark.parametrize("size,says", [

@@ -9,6 +9,25 @@ All device work happens inside the device's `Context` (invariant I5): a
 thread enters it (`with ctx:`) before it allocates, frees or computes, as an
 AscendCL application calls aclrtSetCurrentContext on each of its threads.
 The device refuses work from a thread that is not in its context.
+
+A device is a backend, found by name (`make_device("cpu" | "cuda:0", ...)`).
+`Device` keeps the books and the context; a backend supplies the rest:
+
+- `_storage(size)`: the bytes of one allocation, an array of `xp` (numpy on
+  the cpu device, CuPy on cuda), 64-byte aligned;
+- views: every buffer is a flat uint8 array of `xp`, so a view at an offset
+  is `array[off:off + n].view(dtype).reshape(shape)` on every backend;
+- `copy_in(dst, src)`: host bytes into device memory (weights at load);
+  `to_device(a)`: a request's input for a plan to read (`host_memory`
+  devices read the request's bytes in place); `to_host(a)`: an output's
+  bytes for the response;
+- `synchronize()`: wait for the device's queued work; `activate()`: make
+  the device current on the calling thread, which `Context` calls on entry;
+- `memory_info()`: (free, total) as the hardware reports it, or None;
+- `kernel(op)`: the kernel builder it runs a plan's op with (None: the op
+  does not run on this device, and a load is refused naming it); `fuses`:
+  whether the compiler may use the cpu's fused kernels (Dense, compiled
+  chains, Conv epilogues).
 """
 from __future__ import annotations
 
@@ -56,6 +75,7 @@ class Context:
         if stack is None:
             stack = _local.contexts = []
         stack.append(self)
+        self.device.activate()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -77,7 +97,7 @@ class Buffer:
     id: int
     kind: str
     nbytes: int
-    array: np.ndarray
+    array: np.ndarray | None  # of the device's xp; None for bytes a backend allocated itself (Device.account)
     device: Device
 
     def free(self) -> None:
@@ -122,6 +142,14 @@ class Device:
 
     def alloc(self, nbytes: int, kind: str) -> Buffer:
         """Allocate `nbytes` (rounded up to the alignment) of `kind` memory."""
+        return self._take(nbytes, kind, self._storage)
+
+    def account(self, nbytes: int, kind: str) -> Buffer:
+        """Put bytes a backend allocated by itself on the books (a buffer without an array): a CuPy
+        temporary, say; free it when they are given back."""
+        return self._take(nbytes, kind, None)
+
+    def _take(self, nbytes: int, kind: str, storage) -> Buffer:
         stack = getattr(_local, "contexts", None)
         if not stack or stack[-1] is not self.context:
             self.context.require()
@@ -140,13 +168,13 @@ class Device:
             self._total += size
             buf_id = next(self._ids)
         try:
-            array = self._storage(size)
+            array = storage(size) if storage is not None else None
         except MemoryError:
             with self._lock:
                 self._used[kind] -= size
                 self._total -= size
             raise ResourceExhausted(f"host could not back a {size}-byte {kind} buffer") from None
-        buf = Buffer(buf_id, kind, size, array[:nbytes] if nbytes < size else array, self)
+        buf = Buffer(buf_id, kind, size, array[:nbytes] if array is not None and nbytes < size else array, self)
         self._live[buf_id] = buf  # one dict store is atomic: no lock (every request allocates its outputs)
         return buf
 
@@ -182,8 +210,35 @@ class Device:
             self._used[buf.kind] -= buf.nbytes
             self._total -= buf.nbytes
 
-    def _storage(self, size: int) -> np.ndarray:
+    # -- what a backend supplies (see the module's docstring) ----------------------------------------
+
+    xp = np  # the array module of its buffers
+    host_memory = True  # its buffers are host memory: a request's input bytes are read in place
+    fuses = True  # the compiler may use the cpu's fused kernels
+
+    def _storage(self, size: int):
         raise NotImplementedError
+
+    def copy_in(self, dst, src: np.ndarray) -> None:
+        dst[...] = src
+
+    def to_device(self, a: np.ndarray):
+        return a
+
+    def to_host(self, a) -> bytes:
+        return a.tobytes()
+
+    def synchronize(self) -> None:
+        """Nothing is queued on a device that computes on the calling thread."""
+
+    def activate(self) -> None:
+        """A host device is current on every thread."""
+
+    def memory_info(self) -> tuple[int, int] | None:
+        return None
+
+    def kernel(self, op):
+        return op.build
 
 
 class CpuDevice(Device):
@@ -195,7 +250,21 @@ class CpuDevice(Device):
         return aligned_empty(size)
 
 
-def make_device(kind: str, capacity: int) -> Device:
-    if kind == "cpu":
-        return CpuDevice(capacity)
-    raise InvalidArgument(f"unknown device kind {kind!r}; this build supports: cpu")
+def _cuda(index: int, capacity: int) -> Device:
+    try:
+        from .devices.cuda import CudaDevice
+    except ImportError as exc:
+        raise InvalidArgument(f"the cuda device needs CuPy: pip install 'memserve[cuda]' ({exc})") from None
+    return CudaDevice(capacity, index)
+
+
+BACKENDS = {"cpu": lambda index, capacity: CpuDevice(capacity, index), "cuda": _cuda}
+
+
+def make_device(name: str, capacity: int) -> Device:
+    """A device by name: `cpu`, `cuda` or `cuda:N` (optional backends are imported only when named)."""
+    kind, _, index = name.partition(":")
+    make = BACKENDS.get(kind)
+    if make is None or (index and not index.isdigit()):
+        raise InvalidArgument(f"unknown device {name[:32]!r}; devices: cpu, cuda[:N] (cuda needs the cuda extra)")
+    return make(int(index or 0), capacity)

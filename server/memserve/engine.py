@@ -88,9 +88,10 @@ class Executable:
 
     _keys = itertools.count()
 
-    def __init__(self, plan: Plan, weights: np.ndarray):
+    def __init__(self, plan: Plan, weights: np.ndarray, kernel: Callable = lambda op: op.build):
         self.plan = plan
         self.weights = weights
+        self.kernel = kernel  # the device's kernel builder for an op (Device.kernel)
         self.key = next(self._keys)
         # Compiled now, at load, so that no request waits for a compiler.
         jit.prepare([k for op in _ops(plan) for k in op.compiled])
@@ -100,6 +101,8 @@ class Executable:
         """Execute one request on a workspace its lane holds (so in the device context); returns the
         outputs and the one I/O buffer they live in, which the caller frees once it has copied them."""
         b = self.binding(key, workspace)
+        if not device.host_memory:  # copied in once per request; a host device reads the request's bytes
+            arrays = {name: device.to_device(a) for name, a in arrays.items()}
         buf = b.io_buffer
         if buf is not None:
             device.retake(buf)
@@ -156,10 +159,11 @@ class Executable:
                 ins = [infos[i] if i >= 0 else None for i in step.inputs]
                 outs = [infos[i] for i in step.outputs]
                 try:
+                    build = self.kernel(step.op)
                     if step.op.subplan:
-                        fn = step.op.build(step.node, ins, outs, _body(step, env))
+                        fn = build(step.node, ins, outs, _body(step, env, self.kernel))
                     else:
-                        fn = step.op.build(step.node, ins, outs)
+                        fn = build(step.node, ins, outs)
                 except MemserveError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the model's content, at these sizes
@@ -194,12 +198,12 @@ def _ops(plan: Plan) -> set:
     return ops
 
 
-def _body(step, env: list) -> Callable[[dict], list]:
+def _body(step, env: list, kernel: Callable) -> Callable[[dict], list]:
     """A Loop's or Scan's body bound to the memory the outer plan gave it: its weight block (the step's last
     input), its work memory and its outputs' memory (the step's first two scratch tensors). One binding per
     body key (only a body keyed by its iteration number has several), up to MAX_BINDINGS."""
     plan: Plan = step.node.attrs["body_plan"]
-    exe = Executable(plan, env[step.inputs[-1]])
+    exe = Executable(plan, env[step.inputs[-1]], kernel)
     work, io = env[step.scratch[0]], env[step.scratch[1]]
     keyed = bool(plan.dims or plan.param_values)
     bindings: dict[tuple, Binding] = {}

@@ -85,7 +85,7 @@ class WeightStore:
         for i in plan.weight_slots:
             value = np.ascontiguousarray(plan.staged_weights[i])
             off = plan.tensors[i].offset
-            buf.array[off : off + value.nbytes] = value.reshape(-1).view(np.uint8)
+            self.device.copy_in(buf.array[off : off + value.nbytes], value.reshape(-1).view(np.uint8))
         return buf
 
 

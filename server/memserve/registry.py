@@ -19,7 +19,7 @@ from .budget import LoadBudget
 from .device import Device, align_up
 from .engine import Executable
 from .errors import (AlreadyExists, Cancelled, FailedPrecondition, InvalidArgument, MemserveError, NotFound,
-                     ResourceExhausted, Unavailable)
+                     ResourceExhausted, Unavailable, UnsupportedModel)
 from .model import CompileOptions, Plan, compile_model
 from .model.plan import BATCH
 from .pool import WeightStore, Workspace, WorkspacePool
@@ -53,8 +53,8 @@ class LoadOptions:
     batching: Batching | None = None
     input_values: dict[str, np.ndarray] = field(default_factory=dict)  # to plan with: inputs feeding parameters
 
-    def compile_options(self) -> CompileOptions:
-        return CompileOptions(self.max_batch, dict(self.input_shapes), dict(self.input_values))
+    def compile_options(self, fuse: bool = True) -> CompileOptions:
+        return CompileOptions(self.max_batch, dict(self.input_shapes), dict(self.input_values), fuse=fuse)
 
     def check(self) -> None:
         """Every option within its documented bound (limits.py), before any work is done."""
@@ -158,7 +158,7 @@ class Registry:
         """Plan the model without allocating anything (aclmdlQuerySizeFromMem)."""
         options.check()
         with self._job():
-            plan = compile_model(data, options.compile_options())
+            plan = compile_model(data, options.compile_options(self.device.fuses))
         plan.release_staging()
         return plan
 
@@ -194,7 +194,8 @@ class Registry:
             raise InvalidArgument("instances > 1 need private workspaces (workspace='private' or 'auto')")
         if not options.replace:
             self._check_name(options.name)
-        plan = compile_model(data, options.compile_options())
+        plan = compile_model(data, options.compile_options(self.device.fuses))
+        _check_device(plan, self.device)
         if options.batching is not None:
             _check_batchable(plan, options.batching)
         with self._admin, self.context:
@@ -289,7 +290,7 @@ class Registry:
             raise
         for lane in lanes:
             lane.admit(model_id)
-        model = LoadedModel(model_id, name, plan, Executable(plan, weights), joined, lanes, options, shared)
+        model = LoadedModel(model_id, name, plan, Executable(plan, weights, self.device.kernel), joined, lanes, options, shared)
         model.job = functools.partial(self._run, model)
         return model
 
@@ -427,14 +428,15 @@ class Registry:
         try:
             specs = model.plan.outputs
             if len(reqs) == 1:  # the whole outputs: no row slicing
-                results = [[OutputTensor(spec.name, o.dtype, o.shape, o.tobytes()) for spec, o in zip(specs, outs)]]
+                host = self.device.to_host
+                results = [[OutputTensor(spec.name, o.dtype, o.shape, host(o)) for spec, o in zip(specs, outs)]]
             else:
                 results, start = [], 0
                 for r in reqs:
                     rows_of = slice(start, start + r.rows)
                     start += r.rows
                     tensors = [OutputTensor(spec.name, o.dtype, o[rows_of].shape if spec.symbols[:1] == (BATCH,) else o.shape,
-                                            (o[rows_of] if spec.symbols[:1] == (BATCH,) else o).tobytes())
+                                            self.device.to_host(o[rows_of] if spec.symbols[:1] == (BATCH,) else o))
                                for spec, o in zip(specs, outs)]
                     results.append(tensors)
         finally:
@@ -449,6 +451,15 @@ class Registry:
 def _failed(stats: ModelStats, req: Request, error: BaseException) -> None:
     """A request that failed is counted here; one that was answered, by its execution (_run)."""
     stats.request_done(req.enqueued, req.started or req.enqueued, False, req.rows)
+
+
+def _check_device(plan: Plan, device: Device) -> None:
+    """Every op the plan runs has a kernel on this device (the cpu has them all)."""
+    missing = sorted({s.node.op_type for s in plan.steps if s.phase == "run" and not s.op.alias
+                      and device.kernel(s.op) is None})
+    if missing:
+        raise UnsupportedModel(f"the model runs {missing[:16]}, which device {device.name} has no kernels for; "
+                               "serve it on the cpu device")
 
 
 def _check_batchable(plan: Plan, b: Batching) -> None:

@@ -63,7 +63,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @handle_errors
     def ModelConfig(self, request, context):
-        return pb.ModelConfigResponse(config=model_config(self._model(request.name, request.version)))
+        return pb.ModelConfigResponse(config=model_config(self._model(request.name, request.version),
+                                                          self.registry.device.kind))
 
     @handle_errors
     def ModelStatistics(self, request, context):

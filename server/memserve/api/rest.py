@@ -189,7 +189,8 @@ class RestServer:
         return web.Response(status=200)
 
     async def model_config(self, request: web.Request) -> web.Response:
-        return await self._json(request, lambda: v2.as_json(v2.model_config(self._model(request))))
+        return await self._json(request, lambda: v2.as_json(v2.model_config(self._model(request),
+                                                                          self.registry.device.kind)))
 
     async def model_stats(self, request: web.Request) -> web.Response:
         return await self._json(request, lambda: {"model_stats": [v2.as_json(v2.statistics(self._model(request)))]})

@@ -124,16 +124,24 @@ def model_metadata(m: LoadedModel) -> pb.ModelMetadataResponse:
         outputs=[meta(name=s.name, datatype=datatype(s.dtype), shape=s.shape) for s in m.plan.outputs])
 
 
-def model_config(m: LoadedModel) -> mc.ModelConfig:
+INSTANCE_KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "cuda": mc.ModelInstanceGroup.KIND_GPU}
+
+
+def config_type(dtype: np.dtype) -> int:
+    """Triton's config type of a dtype; TYPE_INVALID for the narrow ones it has no name for (float8, int4)."""
+    return CONFIG_TYPES.get(datatype(dtype), mc.TYPE_INVALID)
+
+
+def model_config(m: LoadedModel, device_kind: str = "cpu") -> mc.ModelConfig:
     batched = m.plan.max_batch > 0
     dims = (lambda shape: shape[1:]) if batched else (lambda shape: shape)
     config = mc.ModelConfig(
         name=m.name, platform=PLATFORM, backend="memserve", max_batch_size=m.plan.max_batch,
-        input=[mc.ModelInput(name=s.name, data_type=CONFIG_TYPES.get(datatype(s.dtype), mc.TYPE_INVALID), dims=dims(s.shape))
-               for s in m.plan.inputs],
-        output=[mc.ModelOutput(name=s.name, data_type=CONFIG_TYPES.get(datatype(s.dtype), mc.TYPE_INVALID), dims=dims(s.shape))
+        input=[mc.ModelInput(name=s.name, data_type=config_type(s.dtype), dims=dims(s.shape)) for s in m.plan.inputs],
+        output=[mc.ModelOutput(name=s.name, data_type=config_type(s.dtype), dims=dims(s.shape))
                 for s in m.plan.outputs],
-        instance_group=[mc.ModelInstanceGroup(count=len(m.workspaces), kind=mc.ModelInstanceGroup.KIND_CPU)],
+        instance_group=[mc.ModelInstanceGroup(count=len(m.workspaces), kind=INSTANCE_KINDS.get(
+            device_kind, mc.ModelInstanceGroup.KIND_CPU))],
         parameters={"workspace": mc.ModelParameter(string_value=m.workspace.name),
                     "work_size": mc.ModelParameter(string_value=str(m.plan.work_size)),
                     "weight_size": mc.ModelParameter(string_value=str(m.plan.weight_size))},

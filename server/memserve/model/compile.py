@@ -56,6 +56,7 @@ class CompileOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     input_values: dict[str, np.ndarray] = field(default_factory=dict)  # to plan with (Plan.key_of)
     leading_batch: bool = True  # False: an open leading dimension is one like any other (a Loop's body)
+    fuse: bool = True  # False: no fused kernels (a device without the cpu's compiled kernels)
 
 
 def _copy_infer(node: Node, ins: list[TensorInfo | None]) -> list[TensorInfo]:
@@ -103,9 +104,11 @@ def _model_errors(what: str):
 def build_plan(graph: Graph, options: CompileOptions) -> Plan:
     inputs, max_batch, dims = _resolve_inputs(graph, options)
     values = _planning_values(inputs, options.input_values)
-    walk = _Walk(graph, inputs, batched=max_batch > 0 or bool(dims) or bool(values), values=values)
-    fuse(walk, graph.outputs)
-    chain_elementwise(walk, graph.outputs)
+    walk = _Walk(graph, inputs, batched=max_batch > 0 or bool(dims) or bool(values), values=values,
+                 fuse=options.fuse)
+    if options.fuse:
+        fuse(walk, graph.outputs)
+        chain_elementwise(walk, graph.outputs)
     b = _Builder(walk)
     input_specs = [IOSpec(name, dtype, tuple(d if k == FIXED else -1 for d, k in zip(shape, symbols)),
                           b.add(name, TensorInfo(dtype, shape, values.get(name)), INPUT), shape, symbols,
@@ -294,7 +297,8 @@ class _Walk:
     """Step 3: every tensor's info, and each node's phase (FOLD, BIND or RUN)."""
 
     def __init__(self, graph: Graph, inputs: list[InputShape], batched: bool,
-                 values: dict[str, np.ndarray] | None = None):
+                 values: dict[str, np.ndarray] | None = None, fuse: bool = True):
+        self.fuse = fuse  # what a Loop's body is planned with, as its model
         self.consts: dict[str, np.ndarray] = dict(graph.weights)
         self.infos: dict[str, TensorInfo] = {n: TensorInfo(v.dtype, v.shape, v) for n, v in self.consts.items()}
         values = values or {}

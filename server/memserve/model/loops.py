@@ -52,7 +52,8 @@ def expand(walk, node: Node) -> Node:
                   [GraphInput(name, info.dtype, [d if k < fixed or d == 0 else None for d in info.shape],
                               [""] * len(info.shape)) for k, (name, info) in enumerate(formal)],
                   body.outputs)
-    options = CompileOptions(input_shapes={name: info.shape for name, info in formal[fixed:]}, leading_batch=False)
+    options = CompileOptions(input_shapes={name: info.shape for name, info in formal[fixed:]}, leading_batch=False,
+                             fuse=walk.fuse)
     try:
         plan = build_plan(graph, options)
     except UnsupportedModel:
