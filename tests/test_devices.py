@@ -168,12 +168,14 @@ def transformer_block() -> bytes:
     return graph_model(nodes, [("x", F, ["N", 8, d])], [("y", F, ["N", 8, d])], w)
 
 
+@pytest.mark.parametrize("where", ["portable cpu", "cuda"])
 @pytest.mark.parametrize("name", ["mlp", "transformer block"])
-def test_models_run_on_the_portable_kernels_as_onnxruntime_runs_them(name):
+def test_models_run_on_the_portable_kernels_as_onnxruntime_runs_them(name, where):
+    """The model suite of a kernel set that is not the cpu's: with numpy here, on the GPU where there is one."""
     model = (ROOT / "examples" / "mlp.onnx").read_bytes() if name == "mlp" else transformer_block()
     shape = (3, 64) if name == "mlp" else (3, 8, 16)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    reg = Registry(PortableCpu(64 << 20))
+    reg = Registry(PortableCpu(64 << 20) if where == "portable cpu" else _cuda_or_skip())
     try:
         m = reg.load(model, LoadOptions(name="m", max_batch=4))
         assert not any(s.node.domain == "memserve" for s in m.plan.steps)  # no cpu-only fused kernel
