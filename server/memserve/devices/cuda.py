@@ -7,10 +7,14 @@
 - Every other device allocation (a request's inputs copied in, a kernel's temporaries) goes through an
   allocator that charges the books too (kind "io") and gives the bytes back when CuPy frees them, so the
   books are what the GPU gives this process.
-- `activate()` makes the GPU current on the calling thread, which `Context` calls on entry (I5).
+- `activate()` makes the GPU current on the calling thread, which `Context` calls on entry (I5), with a
+  stream of the thread's own: each lane is one thread, so models on different workspaces overlap on the
+  GPU while one lane's executions stay in order. Weights are copied in and synchronized before a load
+  answers, so every lane's stream sees them.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 
 import cupy
@@ -41,6 +45,7 @@ class CudaDevice(Device):
             raise InvalidArgument(f"--device-memory {capacity} bytes is more than cuda:{index} has free ({free}); "
                                   "give a smaller --device-memory")
         super().__init__(capacity, index)
+        self._threads = threading.local()  # each thread's stream
         cupy.cuda.set_allocator(self._temporary)
 
     def _storage(self, size: int):
@@ -63,6 +68,7 @@ class CudaDevice(Device):
 
     def copy_in(self, dst, src: np.ndarray) -> None:
         dst.set(np.ascontiguousarray(src))
+        self.synchronize()  # done before any other thread's stream reads it
 
     def to_device(self, a: np.ndarray):
         return cupy.asarray(a)
@@ -75,6 +81,10 @@ class CudaDevice(Device):
 
     def activate(self) -> None:
         self._gpu.use()
+        stream = getattr(self._threads, "stream", None)
+        if stream is None:
+            stream = self._threads.stream = cupy.cuda.Stream(non_blocking=True)
+        stream.use()
 
     def memory_info(self) -> tuple[int, int]:
         with self._gpu:
