@@ -229,3 +229,23 @@ def test_a_model_with_an_op_outside_the_devices_kernels_is_refused_naming_it():
         assert reg.device.used() == 0
     finally:
         reg.close()
+
+
+def test_device_status_carries_what_the_hardware_reports_beside_the_books(daemon, client):
+    """On cpu nothing (0); a device with memory_info (the cuda device's cudaMemGetInfo) has it in GetDeviceStatus."""
+    from memserve.api.native import NativeServicer
+    from memserve_api.pb.memserve.v1 import memserve_pb2 as pb
+
+    s = client.device_status()
+    assert (s.hardware_free, s.hardware_total) == (0, 0)
+
+    class Reporting(CpuDevice):
+        def memory_info(self):
+            return 3 << 30, 8 << 30
+
+    reg = Registry(Reporting(1 << 20))
+    try:
+        status = NativeServicer(reg, 1 << 20).GetDeviceStatus(pb.GetDeviceStatusRequest(), None)
+        assert (status.hardware_free, status.hardware_total) == (3 << 30, 8 << 30)
+    finally:
+        reg.close()

@@ -187,6 +187,8 @@ def cmd_describe(c: Client, a) -> None:
 def cmd_status(c: Client, a) -> None:
     s = c.device_status()
     print(f"device {s.device} ({s.kind}): {s.used} of {s.capacity} bytes used")
+    if s.hardware_total:
+        print(f"  hardware reports {s.hardware_free} of {s.hardware_total} bytes free")
     for kind, n in s.used_by_kind.items():
         print(f"  {kind:<10} {n:>14}")
     print("workspaces:")

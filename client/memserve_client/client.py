@@ -106,6 +106,8 @@ class DeviceStatus:
     used_by_kind: dict[str, int] = field(default_factory=dict)
     workspaces: tuple[WorkspaceStatus, ...] = ()
     weight_blocks: tuple[WeightBlockStatus, ...] = ()
+    hardware_free: int = 0  # what the hardware reports (a GPU); 0 when the device reports nothing (cpu)
+    hardware_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,7 @@ class Client:
             tuple(WorkspaceStatus(w.name, w.size, tuple(w.model_ids), w.executions, w.max_concurrent, w.queued)
                   for w in s.workspaces),
             tuple(WeightBlockStatus(b.digest, b.size, b.refcount, tuple(b.model_ids)) for b in s.weight_blocks),
+            s.hardware_free, s.hardware_total,
         )
 
 

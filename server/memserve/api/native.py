@@ -110,7 +110,9 @@ class NativeServicer(pb_grpc.MemserveServicer):
     def GetDeviceStatus(self, request, context):
         snap = self.registry.snapshot()
         used = snap.used_by_kind
+        free, total = self.registry.device.memory_info() or (0, 0)
         return pb.DeviceStatus(
+            hardware_free=free, hardware_total=total,
             device=snap.device, kind=snap.kind, capacity=snap.capacity, used=snap.used,
             used_by_kind=pb.UsedBytes(weights=used["weights"], workspace=used["workspace"], io=used["io"]),
             workspaces=[pb.WorkspaceInfo(name=ws.name, size=ws.size, model_ids=ws.model_ids, executions=ws.executions,

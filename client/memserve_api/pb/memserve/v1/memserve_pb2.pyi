@@ -329,7 +329,7 @@ class WeightBlockInfo(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., refcount: _Optional[int] = ..., model_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeviceStatus(_message.Message):
-    __slots__ = ("device", "kind", "capacity", "used", "used_by_kind", "workspaces", "weight_blocks")
+    __slots__ = ("device", "kind", "capacity", "used", "used_by_kind", "workspaces", "weight_blocks", "hardware_free", "hardware_total")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +337,8 @@ class DeviceStatus(_message.Message):
     USED_BY_KIND_FIELD_NUMBER: _ClassVar[int]
     WORKSPACES_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FREE_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_TOTAL_FIELD_NUMBER: _ClassVar[int]
     device: str
     kind: str
     capacity: int
@@ -344,4 +346,6 @@ class DeviceStatus(_message.Message):
     used_by_kind: UsedBytes
     workspaces: _containers.RepeatedCompositeFieldContainer[WorkspaceInfo]
     weight_blocks: _containers.RepeatedCompositeFieldContainer[WeightBlockInfo]
-    def __init__(self, device: _Optional[str] = ..., kind: _Optional[str] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., used_by_kind: _Optional[_Union[UsedBytes, _Mapping]] = ..., workspaces: _Optional[_Iterable[_Union[WorkspaceInfo, _Mapping]]] = ..., weight_blocks: _Optional[_Iterable[_Union[WeightBlockInfo, _Mapping]]] = ...) -> None: ...
+    hardware_free: int
+    hardware_total: int
+    def __init__(self, device: _Optional[str] = ..., kind: _Optional[str] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., used_by_kind: _Optional[_Union[UsedBytes, _Mapping]] = ..., workspaces: _Optional[_Iterable[_Union[WorkspaceInfo, _Mapping]]] = ..., weight_blocks: _Optional[_Iterable[_Union[WeightBlockInfo, _Mapping]]] = ..., hardware_free: _Optional[int] = ..., hardware_total: _Optional[int] = ...) -> None: ...
