@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from memserve.errors import InvalidArgument, UnsupportedModel
+from memserve.errors import InvalidArgument, ResourceExhausted, UnsupportedModel
 from memserve.model import CompileOptions, compile_model
 
 from models import graph_model, ort_run, run_local
@@ -312,3 +312,17 @@ def test_the_daemon_serves_loops_and_scans(client):
     feeds = {"s0": np.ones(3, np.float32), "xs": np.ones((3, 4), np.float32)}
     got = client.execute("scanner", feeds)
     np.testing.assert_allclose(got["ys"], ort_run(scan_model(), feeds)[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("trips", [2**62, -1])
+def test_a_hostile_trip_count_for_scan_outputs_is_refused_or_runs_nothing(trips):
+    """2^62 iterations of scan output cannot be planned (the shape bound refuses it before any memory is
+    taken); a negative count runs no iteration."""
+    model = loop_model(trips=trips)
+    if trips < 0:
+        got = run_local(model, {"h0": np.full(4, 0.5, np.float32)})
+        np.testing.assert_array_equal(got[0], np.full(4, 0.5, np.float32))
+        assert got[1].shape == (0, 4)
+        return
+    with pytest.raises((InvalidArgument, ResourceExhausted), match=r"'loop' \(Loop\) output has dimension"):
+        compile_model(model, CompileOptions())
