@@ -220,11 +220,11 @@ def test_each_portable_kernel_matches_onnxruntime(op, inputs, attrs, weights):
 
 
 def test_a_model_with_an_op_outside_the_devices_kernels_is_refused_naming_it():
-    model = graph_model([helper.make_node("Conv", ["x", "w"], ["y"])], [("x", F, [1, 1, 4, 4])],
-                        [("y", F, [1, 1, 2, 2])], {"w": np.ones((1, 1, 3, 3), np.float32)})
+    model = graph_model([helper.make_node("GridSample", ["x", "g"], ["y"])], [("x", F, [1, 1, 4, 4])],
+                        [("y", F, [1, 1, 2, 2])], {"g": np.zeros((1, 2, 2, 2), np.float32)})
     reg = Registry(PortableCpu(16 << 20))
     try:
-        with pytest.raises(UnsupportedModel, match=r"runs \['Conv'\], which device cpu:0 has no kernels for"):
+        with pytest.raises(UnsupportedModel, match=r"runs \['GridSample'\], which device cpu:0 has no kernels for"):
             reg.load(model, LoadOptions(name="m"))
         assert reg.device.used() == 0
     finally:
@@ -247,5 +247,38 @@ def test_device_status_carries_what_the_hardware_reports_beside_the_books(daemon
     try:
         status = NativeServicer(reg, 1 << 20).GetDeviceStatus(pb.GetDeviceStatusRequest(), None)
         assert (status.hardware_free, status.hardware_total) == (3 << 30, 8 << 30)
+    finally:
+        reg.close()
+
+
+def small_cnn(auto_pad: str = "NOTSET") -> bytes:
+    rng = np.random.default_rng(3)
+    w = {"w1": rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "b1": rng.standard_normal(6).astype(np.float32),
+         "w2": rng.standard_normal((6, 2, 3, 3)).astype(np.float32),
+         "s": rng.uniform(0.5, 2, 6).astype(np.float32), "bb": rng.standard_normal(6).astype(np.float32),
+         "m": rng.standard_normal(6).astype(np.float32), "v": rng.uniform(0.5, 2, 6).astype(np.float32)}
+    conv1 = {"pads": [1, 1, 1, 1], "strides": [2, 1]} if auto_pad == "NOTSET" else {"auto_pad": auto_pad}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], **conv1),
+             helper.make_node("BatchNormalization", ["c1", "s", "bb", "m", "v"], ["n1"]),
+             helper.make_node("Relu", ["n1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], group=3, dilations=[2, 1], pads=[2, 1, 2, 1]),
+             helper.make_node("MaxPool", ["c2"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1]),
+             helper.make_node("AveragePool", ["p1"], ["p2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["p2"], ["y"])]
+    return graph_model(nodes, [("x", F, ["N", 3, 10, 12])], [("y", F, ["N", 6, 1, 1])], w)
+
+
+@pytest.mark.parametrize("auto_pad", ["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_a_cnn_runs_on_the_portable_kernels_as_onnxruntime_runs_it(auto_pad):
+    """Conv (groups, dilations, strides, auto_pad), BatchNormalization, MaxPool, AveragePool and
+    GlobalAveragePool as the cuda device runs them, here with numpy."""
+    model = small_cnn(auto_pad)
+    x = np.random.default_rng(4).standard_normal((2, 3, 10, 12)).astype(np.float32)
+    reg = Registry(PortableCpu(64 << 20))
+    try:
+        reg.load(model, LoadOptions(name="cnn", max_batch=2))
+        got = reg.execute("cnn", {"x": x}).outputs[0]
+        np.testing.assert_allclose(np.frombuffer(got.data, got.dtype).reshape(got.shape),
+                                   ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
     finally:
         reg.close()

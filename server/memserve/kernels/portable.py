@@ -239,3 +239,111 @@ def _layer_norm(node, ins, outs, xp):
             y += i[2]
 
     return run
+
+
+# -- convolution and pooling: windows as strided views (no im2col copy), one contraction -------------------
+
+def _spatial(node: Node, x: TensorInfo, y: TensorInfo, kernel: list[int]) -> tuple[list, list, list]:
+    """Strides, dilations and (begin, end) pads of a Conv or pooling node, auto_pad resolved from the
+    output's shape (the shape function already checked it)."""
+    n = len(kernel)
+    a = node.attrs
+    strides, dil = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
+    auto = a.get("auto_pad", "NOTSET") or "NOTSET"
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for k in range(n):
+            total = max((y.shape[2 + k] - 1) * strides[k] + (kernel[k] - 1) * dil[k] + 1 - x.shape[2 + k], 0)
+            begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads.append((begin, total - begin))
+        return strides, dil, pads
+    flat = [0] * 2 * n if auto == "VALID" else list(a.get("pads", [0] * 2 * n))
+    return strides, dil, [(flat[k], flat[n + k]) for k in range(n)]
+
+
+def _windows(xp, x, kernel, strides, dil, pads, fill):
+    """(N, C, out..., k...) views of x's windows, padded with `fill`."""
+    n = len(kernel)
+    padded = xp.pad(x, [(0, 0), (0, 0)] + list(pads), constant_values=fill) if any(sum(p) for p in pads) else x
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
+    win = xp.lib.stride_tricks.sliding_window_view(padded, span, axis=tuple(range(2, 2 + n)))
+    return win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
+               + tuple(slice(None, None, d) for d in dil)]
+
+
+@_register("Conv")
+def _conv(node, ins, outs, xp):
+    x, w, y = ins[0], ins[1], outs[0]
+    kernel = list(w.shape[2:])
+    strides, dil, pads = _spatial(node, x, y, kernel)
+    group = node.attrs.get("group", 1)
+    n, c, m = x.shape[0], x.shape[1], w.shape[0]
+    has_bias = len(ins) > 2 and ins[2] is not None
+    letters = "ijkl"[:len(kernel)]
+    spatial = "xyzw"[:len(kernel)]
+    # n g c out... k... , g m c k... -> n g m out...
+    expr = f"ngc{spatial}{letters},gmc{letters}->ngm{spatial}"
+
+    def run(i, o):
+        win = _windows(xp, i[0], kernel, strides, dil, pads, 0)
+        win = win.reshape((n, group, c // group) + win.shape[2:])
+        wg = i[1].reshape((group, m // group, c // group) + tuple(kernel))
+        res = xp.einsum(expr, win, wg).reshape(o[0].shape)
+        if has_bias:
+            res += i[2].reshape((1, m) + (1,) * len(kernel))
+        xp.copyto(o[0], res, casting="unsafe")
+
+    return run
+
+
+@_register("MaxPool", "AveragePool")
+def _pool(node, ins, outs, xp):
+    if len(outs) > 1:
+        raise node_error(node, "the Indices output is not in this device's kernel set")
+    kernel = list(node.attrs["kernel_shape"])
+    strides, dil, pads = _spatial(node, ins[0], outs[0], kernel)
+    if node.attrs.get("ceil_mode", 0):
+        raise node_error(node, "ceil_mode is not in this device's kernel set")
+    axes = tuple(range(-len(kernel), 0))
+    is_max = node.op_type == "MaxPool"
+    include_pad = node.attrs.get("count_include_pad", 0)
+
+    def run(i, o):
+        if is_max:
+            xp.copyto(o[0], _windows(xp, i[0], kernel, strides, dil, pads, -xp.inf).max(axis=axes))
+            return
+        total = _windows(xp, i[0], kernel, strides, dil, pads, 0).sum(axis=axes)
+        if include_pad or not any(sum(p) for p in pads):
+            count = float(xp.prod(xp.asarray(kernel)))
+        else:  # each window's count of real (unpadded) elements
+            ones = xp.ones((1, 1) + i[0].shape[2:], i[0].dtype)
+            count = _windows(xp, ones, kernel, strides, dil, pads, 0).sum(axis=axes)
+        xp.divide(total, count, out=o[0], casting="unsafe")
+
+    return run
+
+
+@_register("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(node, ins, outs, xp):
+    axes = tuple(range(2, len(ins[0].shape)))
+    how = "mean" if node.op_type == "GlobalAveragePool" else "max"
+
+    def run(i, o):
+        xp.copyto(o[0], getattr(i[0], how)(axis=axes, keepdims=True))
+
+    return run
+
+
+@_register("BatchNormalization")
+def _batch_norm(node, ins, outs, xp):
+    if node.attrs.get("training_mode", 0):
+        raise node_error(node, "training mode is not in this device's kernel set")
+    shape = (1, -1) + (1,) * (len(ins[0].shape) - 2)
+    eps = node.attrs.get("epsilon", 1e-5)
+
+    def run(i, o):
+        scale = i[1] / xp.sqrt(i[4] + eps)
+        xp.multiply(i[0], scale.reshape(shape), out=o[0])
+        o[0] += (i[2] - i[3] * scale).reshape(shape)
+
+    return run
