@@ -282,3 +282,21 @@ def test_a_cnn_runs_on_the_portable_kernels_as_onnxruntime_runs_it(auto_pad):
                                    ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
     finally:
         reg.close()
+
+
+def test_control_flow_runs_on_the_portable_kernels():
+    """If (a runtime condition), Loop and Scan with their bodies bound to the device's kernels too."""
+    from test_control_flow import if_model, loop_model, scan_model
+
+    cases = [(if_model(), {"x": np.ones((2, 3), np.float32), "c": np.array(False)}, {}),
+             (loop_model(scan=False), {"h0": np.zeros(4, np.float32), "m": np.array(5, np.int64)}, {}),
+             (scan_model(1, 0, 1), {"s0": np.ones(3, np.float32), "xs": np.arange(12, dtype=np.float32).reshape(3, 4)},
+              {"xs": (3, 6)})]
+    reg = Registry(PortableCpu(64 << 20))
+    try:
+        for k, (model, feeds, shapes) in enumerate(cases):
+            reg.load(model, LoadOptions(name=f"m{k}", input_shapes=shapes))
+            for got, want in zip(reg.execute(f"m{k}", feeds).outputs, ort_run(model, feeds)):
+                np.testing.assert_allclose(np.frombuffer(got.data, got.dtype).reshape(got.shape), want, rtol=1e-5)
+    finally:
+        reg.close()

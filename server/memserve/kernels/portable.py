@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from . import Node, TensorInfo, node_error
+from . import Node, TensorInfo, control, node_error
 
 PortableBuild = Callable[[Node, list, list, object], Callable]
 PORTABLE: dict[str, PortableBuild] = {}
@@ -347,3 +347,18 @@ def _batch_norm(node, ins, outs, xp):
         o[0] += (i[2] - i[3] * scale).reshape(shape)
 
     return run
+
+
+# -- control flow: the cpu's own kernels, which use only what numpy dispatches to the array's module
+# (np.copyto, fill, item), so they run on any xp ----------------------------------------------------------
+
+def _control(build: Callable) -> PortableBuild:
+    def portable_build(node, ins, outs, *body, xp):
+        return build(node, ins, outs, *body)
+
+    return portable_build
+
+
+PORTABLE["Select"] = _control(control._build_select)
+PORTABLE["Loop"] = _control(control._build_loop)
+PORTABLE["Scan"] = _control(control._build_scan)
