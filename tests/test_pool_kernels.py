@@ -149,3 +149,25 @@ def test_hostile_pool_geometry_is_refused_at_load(attrs):
 
 def _any(rank):
     return [f"d{i}" for i in range(rank)]
+
+
+@pytest.mark.parametrize("attrs,shape", [
+    ({"kernel_shape": [2, 2]}, (2, 3, 6, 7)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, (1, 2, 7, 7)),
+    ({"kernel_shape": [2, 3], "dilations": [2, 1], "storage_order": 1}, (1, 2, 7, 6)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, (1, 1, 8, 8)),
+    ({"kernel_shape": [3], "strides": [2], "pads": [1, 1]}, (2, 2, 9)),
+])
+def test_maxpool_indices_match_onnxruntime(attrs, shape):
+    """The Indices output: each window's largest input and its flat index into the input (row major, or
+    column major with storage_order 1), ties to the first in the window's row-major order."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 4, shape).astype(np.float32)  # small integers: many ties
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)
+    probe = graph_model([node], [("x", F32, list(shape))], [("y", F32, None), ("i", TensorProto.INT64, None)])
+    want = ort_run(probe, {"x": x})
+    model = graph_model([node], [("x", F32, list(shape))],
+                        [("y", F32, list(want[0].shape)), ("i", TensorProto.INT64, list(want[1].shape))])
+    got = run_local(model, {"x": x})
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InvalidArgument, UnsupportedModel
+from ..errors import InvalidArgument
 from . import OpDef, TensorInfo, register
 from .conv import Geometry, _positions, _window, geometry
 from .jit import compiled, prange
@@ -32,8 +32,6 @@ _u = np.uint64
 
 def _pool_geometry(node, ins) -> Geometry:
     x = ins[0]
-    if len(ins) and node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
-        raise UnsupportedModel(f"node {node.name!r} (MaxPool): the Indices output is not supported")
     if len(x.shape) < 3:
         raise InvalidArgument(f"node {node.name!r} ({node.op_type}): input must be N x C x spatial, got {x.shape}")
     g = geometry(node, x.shape[2:], tuple(node.attrs["kernel_shape"]), bool(node.attrs.get("ceil_mode", 0)))
@@ -45,9 +43,15 @@ def _pool_geometry(node, ins) -> Geometry:
     return g
 
 
+def _wants_indices(node) -> bool:
+    return node.op_type == "MaxPool" and len(node.outputs) > 1 and bool(node.outputs[1])
+
+
 def _pool_infer(node, ins):
     g = _pool_geometry(node, ins)
-    return [TensorInfo(ins[0].dtype, ins[0].shape[:2] + g.out)]
+    shape = ins[0].shape[:2] + g.out
+    y = TensorInfo(ins[0].dtype, shape)
+    return [y, TensorInfo(np.dtype(np.int64), shape)] if _wants_indices(node) else [y]
 
 
 def _avg_count(g: Geometry, spatial, include_pad: bool) -> np.ndarray:
@@ -116,6 +120,8 @@ def _bounds(g: Geometry, axis: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 def _build_pool(node, ins, outs):
     g = _pool_geometry(node, ins)
     spatial = ins[0].shape[2:]
+    if _wants_indices(node):
+        return _max_with_indices(g, spatial, node.attrs.get("storage_order", 0), outs[0].dtype)
     is_max = node.op_type == "MaxPool"
     dtype = outs[0].dtype
     count = None if is_max else _avg_count(g, spatial, bool(node.attrs.get("count_include_pad", 0))).astype(dtype)
@@ -136,6 +142,48 @@ def _build_pool(node, ins, outs):
             y /= count
 
     return run
+
+
+def _max_with_indices(g: Geometry, spatial: tuple[int, ...], storage_order: int, dtype: np.dtype):
+    """MaxPool's values and Indices: each window's first largest input (in row-major order over the
+    window, as the reference scans it) and its flat index into the input, (n * C + c) * H * W + h * W + w,
+    or h + w * H within a channel for storage_order 1 (column major)."""
+    rank = len(spatial)
+    span = [(k - 1) * d + 1 for k, d in zip(g.kernel, g.dilations)]
+    ends = [max(0, (o - 1) * s + sp - b - n) for o, s, sp, b, n in zip(g.out, g.strides, span, g.pads_begin, spatial)]
+    low = -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+    axes = tuple(range(2, 2 + rank))
+    # The input position each window tap reads, per axis: out * stride - pad + tap * dilation.
+    taps = [np.arange(o)[:, None] * s - b + np.arange(k)[None, :] * d
+            for o, s, b, k, d in zip(g.out, g.strides, g.pads_begin, g.kernel, g.dilations)]
+    if storage_order and rank == 2:
+        weights = (1, spatial[0])
+    else:
+        weights = tuple(int(np.prod(spatial[a + 1:])) for a in range(rank))
+    plane = int(np.prod(spatial))
+
+    def run(i, o):
+        x = i[0]
+        padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(g.pads_begin, ends)), constant_values=low)
+        win = np.lib.stride_tricks.sliding_window_view(padded, span, axis=axes)
+        win = win[(slice(None), slice(None)) + tuple(slice(0, o * s, s) for o, s in zip(g.out, g.strides))
+                  + tuple(slice(None, None, d) for d in g.dilations)]
+        flat = win.reshape(win.shape[:2 + rank] + (-1,))
+        best = flat.argmax(axis=-1)
+        np.copyto(o[0], np.take_along_axis(flat, best[..., None], axis=-1)[..., 0])
+        tap = np.unravel_index(best, g.kernel)
+        index = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * rank) * plane
+        for a in range(rank):
+            index = index + _position(taps[a], tap[a], a, rank) * weights[a]
+        np.copyto(o[1], index)
+
+    return run
+
+
+def _position(taps: np.ndarray, tap: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    """The input position along `axis` of each output's chosen tap: taps[out, tap]."""
+    out = np.arange(taps.shape[0]).reshape((1, 1) + tuple(-1 if a == axis else 1 for a in range(rank)))
+    return taps[out, tap]
 
 
 def _compiled_pool(g: Geometry, spatial: tuple[int, ...], is_max: bool, count: np.ndarray | None, dtype):
