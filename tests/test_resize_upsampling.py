@@ -62,3 +62,23 @@ def test_a_huge_factor_off_the_image_axes_takes_the_chunked_path():
                         {"scales": np.array([1 << 16, 1], np.float32)}, opset=9)
     x = np.array([[True, False]])
     np.testing.assert_array_equal(run_local(model, {"x": x})[0], np.repeat(x, 1 << 16, axis=0))
+
+
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+@pytest.mark.parametrize("spec", [{"scales": [1, 1, 0.6, 0.3]}, {"sizes": [1, 2, 3, 4]}, {"scales": [1, 1, 1.7, 0.45]}])
+@pytest.mark.parametrize("exclude", [0, 1])
+def test_antialiased_downsampling_matches_the_reference(mode, spec, exclude):
+    """antialias=1 stretches the linear or cubic filter by 1 / scale when shrinking (a no-op when growing),
+    as ONNX's reference implementation computes it."""
+    from onnx.reference import ReferenceEvaluator
+
+    x = np.random.default_rng(6).standard_normal((1, 2, 9, 13)).astype(np.float32)
+    inputs = ["x", "", "scales"] if "scales" in spec else ["x", "", "", "sizes"]
+    value = np.array(spec.get("scales", spec.get("sizes")), np.float32 if "scales" in spec else np.int64)
+    node = helper.make_node("Resize", inputs, ["y"], mode=mode, antialias=1, exclude_outside=exclude)
+    want = ReferenceEvaluator(graph_model([node], [("x", TensorProto.FLOAT, list(x.shape))],
+                                          [("y", TensorProto.FLOAT, None)],
+                                          {inputs[-1]: value}, opset=18)).run(None, {"x": x})[0]
+    model = graph_model([node], [("x", TensorProto.FLOAT, list(x.shape))],
+                        [("y", TensorProto.FLOAT, list(want.shape))], {inputs[-1]: value}, opset=18)
+    np.testing.assert_allclose(run_local(model, {"x": x})[0], want, rtol=1e-4, atol=1e-5)

@@ -53,8 +53,6 @@ def _params(node: Node, ins) -> dict:
 
 
 def _finish(node, x, rank, scales, sizes, roi, mode, ctm, nearest_mode, axes) -> dict:
-    if node.attrs.get("antialias", 0):
-        raise UnsupportedModel(f"node {node.name!r} (Resize): antialias is not supported")
     if mode not in ("nearest", "linear", "cubic"):
         raise UnsupportedModel(f"node {node.name!r} (Resize): mode {mode!r} is not supported")
     in_sizes = [x.shape[a] for a in axes]
@@ -119,6 +117,37 @@ def _cubic(t: np.ndarray, a: float) -> np.ndarray:
                     np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0))
 
 
+def _antialiased(node, mode: str, scale: float) -> int:
+    """How many taps an antialiased downsampling filter has at this scale (0: not antialiased): the
+    linear or cubic kernel stretched by 1 / scale, as the ONNX reference does."""
+    if not node.attrs.get("antialias", 0) or mode == "nearest" or scale >= 1:
+        return 0
+    reach = 1 if mode == "linear" else 2
+    return 2 - 2 * (math.floor(-reach / scale) + 1)
+
+
+def _antialias_taps(node, mode: str, x: np.ndarray, scale: float, n_in: int, taps: int, exclude: bool):
+    """The stretched filter's taps around each source position x: the `taps` inputs nearest to x (ties to
+    the lower), edge-padded, weighted by the kernel at scale * distance, normalised to sum to one."""
+    whole = x == np.floor(x)
+    left = np.floor(x).astype(np.int64) - whole  # the reference's ratio in (0, 1]: a whole x leans left
+    ratio = np.where(whole, 1.0, x - np.floor(x))
+    half = taps // 2
+    first = np.clip(left - half + 1, -half, n_in + half - taps)  # within the reference's edge padding
+    idx = first[:, None] + np.arange(taps)
+    t = np.abs(scale * (idx - left[:, None] - ratio[:, None]))
+    if mode == "linear":
+        w = np.clip(1 - t, 0, 1)
+    else:
+        a = node.attrs.get("cubic_coeff_a", -0.75)
+        w = _cubic(t, a)
+    w = w / w.sum(axis=1, keepdims=True)
+    if exclude:
+        w = np.where((idx < 0) | (idx >= n_in), 0, w)
+        w = w / w.sum(axis=1, keepdims=True)
+    return np.clip(idx, 0, n_in - 1), w
+
+
 def _taps(node, p, k: int, n_in: int, n_out: int, start: int = 0, stop: int | None = None):
     """(indices, weights, outside) of shape (m, taps), (m, taps), (m,) for output positions start..stop
     (m of them) of one axis."""
@@ -127,6 +156,11 @@ def _taps(node, p, k: int, n_in: int, n_out: int, start: int = 0, stop: int | No
     x = _source(p["ctm"], np.arange(start, stop, dtype=np.float64), p["scales"][k], n_in, n_out, roi)
     outside = (x < 0) | (x > n_in - 1) if p["ctm"] == "tf_crop_and_resize" else np.zeros(stop - start, bool)
     mode = p["mode"]
+    stretched = _antialiased(node, mode, p["scales"][k])
+    if stretched:
+        idx, w = _antialias_taps(node, mode, x, p["scales"][k], n_in, stretched,
+                                 bool(node.attrs.get("exclude_outside", 0)))
+        return idx, w, outside
     if mode == "nearest":
         rounding = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
                     "floor": np.floor, "ceil": np.ceil}[p["nearest"]]
@@ -162,7 +196,8 @@ def _build(node, ins, outs):
     if repeat is not None:
         return repeat
     extrapolation = node.attrs.get("extrapolation_value", 0.0)
-    taps = {"nearest": 1, "linear": 2}.get(p["mode"], 4)
+    taps = max([{"nearest": 1, "linear": 2}.get(p["mode"], 4)]
+               + [_antialiased(node, p["mode"], p["scales"][k]) for _, k, _, _ in resized])
 
     def run(i, o):
         y = i[0].astype(np.float64) if p["mode"] != "nearest" else i[0]
