@@ -1,5 +1,7 @@
 """An If whose condition comes with the request: both branches planned, each step guarded by the condition,
 one branch run per request, a Select per output; against onnxruntime."""
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
@@ -116,7 +118,7 @@ def test_a_condition_that_is_not_one_bool_is_refused():
     other = branch([helper.make_node("Neg", ["x"], ["e"])], "e")
     model = graph_model([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
                         [("x", F, [2, 3]), ("c", B, [2])], [("y", F, [2, 3])])
-    with pytest.raises(InvalidArgument, match="the condition must be one bool"):
+    with pytest.raises(InvalidArgument, match="its condition must be one bool"):
         compile_model(model, CompileOptions())
 
 
@@ -325,4 +327,109 @@ def test_a_hostile_trip_count_for_scan_outputs_is_refused_or_runs_nothing(trips)
         assert got[1].shape == (0, 4)
         return
     with pytest.raises((InvalidArgument, ResourceExhausted), match=r"'loop' \(Loop\) output has dimension"):
+        compile_model(model, CompileOptions())
+
+
+# -- what an attack session found (tests/hostile's rule: every finding stays as a test) ---------------------
+
+def test_branch_initializers_are_their_own_even_when_names_repeat():
+    """Sibling branches with an initializer of one name, and one that shadows an outer initializer: each
+    branch reads its own (was: inlining mixed them up, and the If's result was wrong)."""
+    from onnx import numpy_helper
+
+    def own(value, op="Add"):
+        return helper.make_graph([helper.make_node(op, ["x", "w"], [f"o{value}"])], f"b{value}", [],
+                                 [helper.make_tensor_value_info(f"o{value}", F, [3])],
+                                 [numpy_helper.from_array(np.full(3, value, np.float32), "w")])
+
+    model = graph_model([helper.make_node("If", ["c"], ["y"], then_branch=own(10), else_branch=own(20)),
+                         helper.make_node("Add", ["y", "w"], ["z"])],
+                        [("c", B, []), ("x", F, [3])], [("z", F, [3])], {"w": np.ones(3, np.float32)})
+    for c in (True, False):
+        feeds = {"c": np.array(c), "x": np.arange(3, dtype=np.float32)}
+        np.testing.assert_array_equal(run_local(model, feeds)[0], ort_run(model, feeds)[0])
+    constant = graph_model([helper.make_node("If", ["c"], ["y"], then_branch=own(10), else_branch=own(20)),
+                            helper.make_node("Add", ["y", "w"], ["z"])], [("x", F, [3])], [("z", F, [3])],
+                           {"w": np.ones(3, np.float32), "c": np.array(False)})
+    np.testing.assert_array_equal(run_local(constant, {"x": np.zeros(3, np.float32)})[0], np.full(3, 21))
+
+
+def nested_loops() -> bytes:
+    inner = helper.make_graph([helper.make_node("Identity", ["c2"], ["c2o"]), helper.make_node("Add", ["y", "one"], ["yo"])],
+                              "inner", [vi("j", I64, []), vi("c2", B, []), vi("y", F, [])],
+                              [vi("c2o", B, []), vi("yo", F, [])])
+    outer = helper.make_graph([helper.make_node("Identity", ["c1"], ["c1o"]),
+                               helper.make_node("Loop", ["n", "", "x"], ["xo"], body=inner)],
+                              "outer", [vi("i", I64, []), vi("c1", B, []), vi("x", F, [])],
+                              [vi("c1o", B, []), vi("xo", F, [])])
+    return graph_model([helper.make_node("Loop", ["m", "", "x0"], ["y"], body=outer)],
+                       [("m", I64, []), ("n", I64, []), ("x0", F, [])], [("y", F, [])],
+                       {"one": np.array(1, np.float32)})
+
+
+def test_nested_loops_share_one_allowance_per_request(client):
+    """65,536 x 65,536 bodies would run for hours (was: the daemon kept a core busy long after the caller
+    left, and SIGTERM could not stop it): the request's loops share one allowance of 65,536 bodies."""
+    import time
+
+    from memserve_client import MemserveError
+
+    client.load(nested_loops(), name="nest")
+    t = time.monotonic()
+    with pytest.raises(MemserveError, match="nested loops counted together") as e:
+        client.execute("nest", {"m": np.array(65536, np.int64), "n": np.array(65536, np.int64),
+                                "x0": np.array(0, np.float32)})
+    assert e.value.code.name == "INVALID_ARGUMENT" and time.monotonic() - t < 30
+    out = client.execute("nest", {"m": np.array(3, np.int64), "n": np.array(4, np.int64), "x0": np.array(0, np.float32)})
+    assert float(out["y"]) == 12.0
+
+
+def test_a_loop_stops_at_its_callers_deadline(client):
+    """A body keyed by its iteration number rebinds per value: slow within the allowance. The caller's
+    deadline ends it, and the lane serves the next request at once."""
+    import time
+
+    from memserve_client import MemserveError
+
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c2"]),
+                              helper.make_node("Unsqueeze", ["i", "zero"], ["i1"]),
+                              helper.make_node("Add", ["i1", "one"], ["i2"]),
+                              helper.make_node("Slice", ["table", "i1", "i2"], ["s"]),
+                              helper.make_node("Add", ["h", "s"], ["h2"])],
+                             "body", [vi("i", I64, []), vi("c", B, []), vi("h", F, [1])],
+                             [vi("c2", B, []), vi("h2", F, [1])])
+    model = graph_model([helper.make_node("Loop", ["m", "", "h0"], ["h"], body=body)],
+                        [("m", I64, []), ("h0", F, [1])], [("h", F, [1])],
+                        {"zero": np.array([0], np.int64), "one": np.array([1], np.int64),
+                         "table": np.ones(70000, np.float32)})
+    client.load(model, name="slow")
+    t = time.monotonic()
+    with pytest.raises(MemserveError) as e:
+        client.execute("slow", {"m": np.array(65000, np.int64), "h0": np.zeros(1, np.float32)}, timeout=1.5)
+    assert e.value.code.name == "DEADLINE_EXCEEDED"
+    out = client.execute("slow", {"m": np.array(5, np.int64), "h0": np.zeros(1, np.float32)}, timeout=30)
+    assert float(out["h"][0]) == 5.0 and time.monotonic() - t < 20
+
+
+@pytest.mark.parametrize("where,value,says", [
+    ("if", np.array([], bool), "its condition must be one bool, got bool of shape [0]"),
+    ("if", np.array([True, False]), "its condition must be one bool"),
+    ("if", np.array(1.0, np.float32), "its condition must be one bool, got float32"),
+    ("trip", np.array([], np.int64), "its trip count must be one int64, got int64 of shape [0]"),
+    ("trip", np.array(3.0, np.float32), "its trip count must be one int64, got float32"),
+    ("cond", np.array([True, True]), "its condition must be one bool"),
+])
+def test_conditions_and_trip_counts_that_are_not_one_value_are_refused(where, value, says):
+    """Was: an IndexError traceback logged at WARNING, or a model onnxruntime refuses running anyway."""
+    if where == "if":
+        then = branch([helper.make_node("Relu", ["x"], ["t"])], "t")
+        other = branch([helper.make_node("Neg", ["x"], ["e"])], "e")
+        model = graph_model([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
+                            [("x", F, [2, 3])], [("y", F, [2, 3])], {"c": value})
+    else:
+        weights = {"w": W, "m": np.array(2, np.int64), "c0": np.array(True)}
+        weights["m" if where == "trip" else "c0"] = value
+        model = graph_model([helper.make_node("Loop", ["m", "c0", "h0"], ["h"], body=loop_body(scan=False))],
+                            [("h0", F, [4])], [("h", F, [4])], weights)
+    with pytest.raises(InvalidArgument, match=re.escape(says)):
         compile_model(model, CompileOptions())

@@ -149,3 +149,11 @@ def test_a_zero_past_the_input_rank_and_a_long_unknown_name_get_short_clear_refu
     with pytest.raises(InvalidArgument, match="not inputs of the model") as exc:
         reg.load(reshape_model(), LoadOptions(name="m", input_values={"\x00" * 5000: np.array([2, 3], np.int64)}))
     assert len(exc.value.message) < 400
+
+
+def test_input_values_out_of_the_inputs_range_are_refused_not_wrapped(reg):
+    """Was: a uint64 2^64 - 1 for an int64 input wrapped to -1, a valid-looking Reshape dimension."""
+    with pytest.raises(InvalidArgument, match="which int64 cannot hold"):
+        reg.load(reshape_model(), LoadOptions(name="m", input_values={"shape": np.array([2**64 - 1, 3], np.uint64)}))
+    with pytest.raises(InvalidArgument, match="which int64 cannot hold"):
+        reg.load(reshape_model(), LoadOptions(name="m", input_values={"shape": np.array([1e30, 3.0])}))

@@ -23,7 +23,7 @@ import numpy as np
 
 from .device import Buffer, Device, align_up
 from .errors import InvalidArgument, MemserveError, ResourceExhausted
-from .kernels import Kernel, Node, jit
+from .kernels import Kernel, Node, control, jit
 from .model.plan import INPUT, IO, RUN, VALUE, WEIGHT, WORK, Plan
 from .pool import Workspace
 
@@ -94,12 +94,15 @@ class Executable:
         self.kernel = kernel  # the device's kernel builder for an op (Device.kernel)
         self.key = next(self._keys)
         # Compiled now, at load, so that no request waits for a compiler.
-        jit.prepare([k for op in _ops(plan) for k in op.compiled])
+        ops = _ops(plan)
+        jit.prepare([k for op in ops for k in op.compiled])
+        self.loops = any(op.subplan for op in ops)  # executions get a loop allowance (control.allowance)
 
-    def run(self, arrays: dict[str, np.ndarray], key: tuple[int, ...], workspace: Workspace, device: Device
-            ) -> tuple[list[np.ndarray], Buffer]:
+    def run(self, arrays: dict[str, np.ndarray], key: tuple[int, ...], workspace: Workspace, device: Device,
+            finish_by: float | None = None) -> tuple[list[np.ndarray], Buffer]:
         """Execute one request on a workspace its lane holds (so in the device context); returns the
-        outputs and the one I/O buffer they live in, which the caller frees once it has copied them."""
+        outputs and the one I/O buffer they live in, which the caller frees once it has copied them.
+        finish_by (time.monotonic()): when the caller stops waiting; a model's loops stop there."""
         b = self.binding(key, workspace)
         if not device.host_memory:  # copied in once per request; a host device reads the request's bytes
             arrays = {name: device.to_device(a) for name, a in arrays.items()}
@@ -115,6 +118,9 @@ class Executable:
             if b.io_size <= IO_KEEP:
                 b.io_buffer, b.io_views = buf, views
         try:
+            if self.loops:
+                with control.allowance(finish_by):
+                    return b.run(arrays, views), buf
             return b.run(arrays, views), buf
         except BaseException as exc:
             buf.free()

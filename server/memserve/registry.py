@@ -424,7 +424,9 @@ class Registry:
             rows = sum(r.rows for r in reqs)
         if ws.buffer is None:
             ws.ensure_buffer(self.device)
-        outs, buffer = model.executable.run(arrays, (rows,) + reqs[0].shape, ws, self.device)
+        finish = [r.finish_by for r in reqs if r.finish_by is not None]
+        outs, buffer = model.executable.run(arrays, (rows,) + reqs[0].shape, ws, self.device,
+                                            max(finish) if len(finish) == len(reqs) else None)
         try:
             specs = model.plan.outputs
             if len(reqs) == 1:  # the whole outputs: no row slicing

@@ -7,9 +7,13 @@ the If's. The other branch's output is never read: its steps did not run.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
 import numpy as np
 
-from ..errors import InvalidArgument, UnsupportedModel
+from ..errors import DeadlineExceeded, InvalidArgument, UnsupportedModel
 from ..limits import MAX_LOOP_TRIPS
 from . import INTERNAL_DOMAIN, OpDef, TensorInfo, node_error, register
 
@@ -47,6 +51,36 @@ SELECT = register(OpDef("Select", _select_infer, _build_select), domain=INTERNAL
 # block; its scratch is the body's work memory, the body's output memory, then the kernel's own small buffers.
 
 BODY_WORK, BODY_IO = 0, 1
+
+# One execution's allowance, shared by every Loop and Scan it runs, nested ones included: the engine sets
+# it per execution on the lane's thread (`allowance`), each body run takes one, and an execution whose
+# caller stopped waiting ends at the next body run. So no request, however its loops nest, runs more than
+# MAX_LOOP_TRIPS bodies or much past its deadline.
+_allowance = threading.local()
+
+
+@contextlib.contextmanager
+def allowance(finish_by: float | None):
+    """Body runs for one execution: MAX_LOOP_TRIPS of them, until `finish_by` (time.monotonic())."""
+    _allowance.left, _allowance.finish_by = MAX_LOOP_TRIPS, finish_by
+    try:
+        yield
+    finally:
+        _allowance.left = _allowance.finish_by = None
+
+
+def _take(node) -> None:
+    left = getattr(_allowance, "left", None)
+    if left is None:  # outside an execution (a test calling a kernel): the per-loop count alone
+        return
+    if left <= 0:
+        raise InvalidArgument(f"node {node.name!r} ({node.op_type}): this request ran {MAX_LOOP_TRIPS} loop "
+                              f"bodies, nested loops counted together; memserve runs at most that many per "
+                              "request")
+    _allowance.left = left - 1
+    if _allowance.finish_by is not None and time.monotonic() > _allowance.finish_by:
+        raise DeadlineExceeded(f"node {node.name!r} ({node.op_type}): the request's deadline passed while its "
+                               "loop ran")
 
 
 def _body_scratch(node) -> list[TensorInfo]:
@@ -108,6 +142,7 @@ def _build_loop(node, ins, outs, body):
             if t == MAX_LOOP_TRIPS:
                 raise InvalidArgument(f"node {node.name!r} (Loop) ran {t} iterations without stopping; memserve "
                                       f"runs at most {MAX_LOOP_TRIPS} per request")
+            _take(node)
             it.fill(t)
             cnd.fill(cond)
             res = body(feeds)
@@ -165,6 +200,7 @@ def _build_scan(node, ins, outs, body):
         feeds = dict(zip(names, list(states) + list(slices) + list(i[n + m:len(i) - 1])))
         steps = i[n].shape[in_axes[0]] if m else 0
         for t in range(steps):
+            _take(node)
             for x, buf, ax, rev in zip(i[n:n + m], slices, in_axes, in_rev):
                 np.copyto(buf, x[at(ax, steps - 1 - t if rev else t)])
             res = body(feeds)

@@ -35,12 +35,12 @@ import numpy as np
 from .. import budget, limits
 from ..device import align_up
 from ..errors import InvalidArgument, MemserveError, ModelParseError, ResourceExhausted, UnsupportedModel
-from ..kernels import INTERNAL_DOMAIN, NARROW_DTYPES, NARROW_OPS, Node, OpDef, TensorInfo, evaluate, lookup
+from ..kernels import INTERNAL_DOMAIN, NARROW_DTYPES, NARROW_OPS, Node, OpDef, TensorInfo, evaluate, lookup, node_error
 from ..planner import Lifetime, plan_offsets
 from . import loops
 from .chains import chain_elementwise
 from .fuse import fuse
-from .onnx_import import Graph, import_onnx
+from .onnx_import import Graph, import_onnx, scoped
 from .plan import (BATCH, BIND, FIXED, INPUT, IO, RUN, VALUE, WEIGHT, WORK, IOSpec, OpenDim, Placement, Plan, Step,
                    TensorSlot, infer_all)
 
@@ -240,6 +240,11 @@ def _as_input(name: str, value: np.ndarray, dtype: np.dtype, shape: tuple[int, .
     holds the same numbers (3 for an int32 input, [4] for a scalar), so clients need not know either."""
     if value.dtype == dtype and value.shape == shape:
         return value
+    if dtype.kind in "iu" and value.dtype.kind in "iuf" and value.size:
+        info = np.iinfo(dtype)  # out of the type's range: refused, not wrapped (2^64 - 1 is not -1)
+        if value.min() < info.min or value.max() > info.max:
+            raise InvalidArgument(f"input_values[{name!r}] holds {value.max() if value.max() > info.max else value.min()}"
+                                  f", which {dtype} cannot hold")
     numbers = value.dtype.kind in "iuf" and dtype.kind in "iuf" or value.dtype.kind == dtype.kind == "b"
     if value.size == math.prod(shape) and numbers:
         with np.errstate(all="ignore"):
@@ -329,12 +334,16 @@ class _Walk:
         """An If whose condition is known at load becomes its chosen branch; one whose condition comes with
         the request becomes both branches, each step guarded by the condition, and a Select per output."""
         cond = node.inputs[0]
-        known = self.infos[cond].value is not None and cond not in self.dynamic
+        info = self.infos[cond]
+        if info.dtype != np.dtype(bool) or math.prod(info.shape) != 1:
+            raise node_error(node, f"its condition must be one bool, got {info.dtype} of shape {list(info.shape)}")
+        known = info.value is not None and cond not in self.dynamic
         picked = bool(np.asarray(self.infos[cond].value).reshape(-1)[0]) if known else None
+        branches = {name: scoped(node.attrs[name], f"{node.name}/{name}/") for name in ("then_branch", "else_branch")}
         for name, want in (("then_branch", True), ("else_branch", False)):
             if picked is not None and picked != want:
                 continue
-            branch = node.attrs[name]
+            branch = branches[name]
             for weight, value in branch.weights.items():
                 self.consts[weight] = value
                 self.infos[weight] = TensorInfo(value.dtype, value.shape, value)
@@ -342,7 +351,7 @@ class _Walk:
             for sub in branch.nodes:
                 self._add(dataclasses.replace(sub, guard=guard + sub.guard))
         for k, out in enumerate(node.outputs):
-            then, other = (b.outputs[k] for b in (node.attrs["then_branch"], node.attrs["else_branch"]))
+            then, other = (b.outputs[k] for b in branches.values())
             if picked is not None:
                 self._add(Node("Identity", f"{node.name}/{out}", [then if picked else other], [out],
                                opset=node.opset, guard=node.guard))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import numpy as np
 
@@ -90,6 +91,10 @@ def _loop_inputs(walk, node: Node, body: Branch) -> tuple[list[TensorInfo], dict
     if len(body.inputs) != 2 + states or scans < 0:
         raise node_error(node, f"its body takes {len(body.inputs)} inputs and gives {len(body.outputs)} outputs "
                                f"for {states} loop-carried values")
+    for name, dtype, what in ((trip, np.dtype(np.int64), "trip count"), (cond, np.dtype(bool), "condition")):
+        info = walk.infos[name] if name else None
+        if info is not None and (info.dtype != dtype or math.prod(info.shape) != 1):
+            raise node_error(node, f"its {what} must be one {dtype}, got {info.dtype} of shape {list(info.shape)}")
     fed = [TensorInfo(np.dtype(np.int64), _declared(body.inputs[0], ())),
            TensorInfo(np.dtype(bool), _declared(body.inputs[1], ()))] + [walk.infos[n] for n in carried]
     _check_types(node, body, fed)
@@ -116,6 +121,10 @@ def _scan_inputs(walk, node: Node, body: Branch) -> tuple[list[TensorInfo], dict
     if m < 1 or states < 0 or scans_out < 0 or len(body.inputs) != len(node.inputs):
         raise node_error(node, f"num_scan_inputs {m} does not fit its {len(node.inputs)} inputs and a body of "
                                f"{len(body.inputs)} inputs and {len(body.outputs)} outputs")
+    for key, count in (("scan_input_axes", m), ("scan_input_directions", m), ("scan_output_axes", scans_out),
+                       ("scan_output_directions", scans_out)):
+        if key in a and len(a[key]) != count:
+            raise node_error(node, f"{key} has {len(a[key])} entries for {count} scan inputs or outputs")
     xs = [walk.infos[n] for n in node.inputs[states:]]
     in_axes = [_axis(node, ax, len(x.shape)) for ax, x in zip(a.get("scan_input_axes", [0] * m), xs)]
     in_reverse = [bool(d) for d in a.get("scan_input_directions", [0] * m)]

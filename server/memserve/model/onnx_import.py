@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,29 @@ class Branch:
     outputs: list[str]
     weights: dict[str, np.ndarray]
     inputs: list[GraphInput] = field(default_factory=list)  # a body's formal inputs (an If's branch has none)
+
+
+def scoped(branch: Branch, prefix: str) -> Branch:
+    """The branch with its initializers renamed `prefix` + name, and every read of them (its nodes', and those
+    of subgraphs inside that do not define the name themselves) renamed alike. A branch's initializers are
+    its own: sibling branches and the outer graph may use the same names, which inlining would mix up."""
+    mapping = {name: prefix + name for name in branch.weights}
+    return Branch([_renamed(n, mapping) for n in branch.nodes], [mapping.get(o, o) for o in branch.outputs],
+                  {mapping[k]: v for k, v in branch.weights.items()}, branch.inputs)
+
+
+def _renamed(node: Node, mapping: dict[str, str]) -> Node:
+    if not mapping:
+        return node
+    attrs = dict(node.attrs)
+    for key, value in node.attrs.items():
+        if isinstance(value, Branch):  # names it defines (its initializers, inputs, outputs) shadow ours
+            own = set(value.weights) | {v.name for v in value.inputs} | {o for n in value.nodes for o in n.outputs}
+            inner = {k: v for k, v in mapping.items() if k not in own}
+            attrs[key] = Branch([_renamed(n, inner) for n in value.nodes], [inner.get(o, o) for o in value.outputs],
+                                value.weights, value.inputs)
+    return dataclasses.replace(node, inputs=[mapping.get(i, i) for i in node.inputs],
+                               captures=[mapping.get(c, c) for c in node.captures], attrs=attrs)
 
 
 def import_onnx(data: bytes) -> Graph:
