@@ -433,3 +433,26 @@ def test_conditions_and_trip_counts_that_are_not_one_value_are_refused(where, va
                             [("h0", F, [4])], [("h", F, [4])], weights)
     with pytest.raises(InvalidArgument, match=re.escape(says)):
         compile_model(model, CompileOptions())
+
+
+def test_a_full_tree_of_runtime_ifs_is_refused_before_its_run_function_grows_past_bounds():
+    """Was: a depth-15 tree of runtime Ifs (under the nesting and node limits) took over 30 s to bind on its
+    first request. Sibling branches also reuse their nodes' output names here, which must not mix."""
+    def tree(d):
+        if d == 0:
+            return helper.make_graph([helper.make_node("Neg", ["x"], ["leaf"])], "b", [],
+                                     [helper.make_tensor_value_info("leaf", F, [3])])
+        return helper.make_graph([helper.make_node("If", ["c"], [f"o{d}"], then_branch=tree(d - 1),
+                                                   else_branch=tree(d - 1))], "b", [],
+                                 [helper.make_tensor_value_info(f"o{d}", F, [3])])
+
+    def model(depth):
+        return graph_model([helper.make_node("If", ["c"], ["y"], then_branch=tree(depth), else_branch=tree(0))],
+                           [("c", B, []), ("x", F, [3])], [("y", F, [3])])
+
+    with pytest.raises(UnsupportedModel, match=r"step conditions; memserve plans at most 100000"):
+        compile_model(model(13), CompileOptions())
+    small = model(4)
+    for c in (True, False):
+        feeds = {"c": np.array(c), "x": np.array([1, -2, 3], np.float32)}
+        np.testing.assert_array_equal(run_local(small, feeds)[0], ort_run(small, feeds)[0])

@@ -14,6 +14,9 @@ from .errors import InvalidArgument
 
 MAX_NODES = 100_000  # nodes in a model, subgraphs and functions included
 MAX_SUBGRAPH_DEPTH = 16  # If branches inside If branches
+# Conditions guarding the steps of runtime Ifs, summed over steps: a full tree of nested Ifs multiplies them,
+# and the generated run function (a line per step) grows with them.
+MAX_GUARD_TERMS = 100_000
 MAX_LOOP_TRIPS = 1 << 16  # iterations of one Loop in one request: a Loop that has not stopped by then is refused
 MAX_RANK = 32  # dimensions of a tensor (numpy allows 64)
 MAX_DIM = 2**31 - 1  # one dimension

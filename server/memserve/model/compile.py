@@ -121,6 +121,11 @@ def build_plan(graph: Graph, options: CompileOptions) -> Plan:
         if phase != FOLD and any(o in needed for o in node.outputs):
             b.add_step(node, op, phase)
     _check_sized(walk, graph.outputs)
+    guards = sum(len(step.guard) for step in b.steps)
+    if guards > limits.MAX_GUARD_TERMS:
+        raise UnsupportedModel(f"the model's runtime If branches nest into {guards} step conditions; memserve "
+                               f"plans at most {limits.MAX_GUARD_TERMS} (a shallower tree of Ifs, or conditions "
+                               "known at load, which inline)")
     outputs = [b.claim_output(name) for name in graph.outputs]
     b.share_dying_inputs()
     work = b.plan_work()

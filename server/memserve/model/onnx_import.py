@@ -62,11 +62,14 @@ class Branch:
 
 
 def scoped(branch: Branch, prefix: str) -> Branch:
-    """The branch with its initializers renamed `prefix` + name, and every read of them (its nodes', and those
-    of subgraphs inside that do not define the name themselves) renamed alike. A branch's initializers are
-    its own: sibling branches and the outer graph may use the same names, which inlining would mix up."""
+    """The branch with the names it defines (its initializers and its nodes' outputs) renamed `prefix` +
+    name, and every read of them (its nodes', and those of subgraphs inside that do not define the name
+    themselves) renamed alike. They are the branch's own: sibling branches and the outer graph may use the
+    same names, which inlining would otherwise mix up."""
     mapping = {name: prefix + name for name in branch.weights}
-    return Branch([_renamed(n, mapping) for n in branch.nodes], [mapping.get(o, o) for o in branch.outputs],
+    mapping.update({o: prefix + o for n in branch.nodes for o in n.outputs if o})
+    return Branch([dataclasses.replace(_renamed(n, mapping), outputs=[mapping.get(o, o) for o in n.outputs])
+                   for n in branch.nodes], [mapping.get(o, o) for o in branch.outputs],
                   {mapping[k]: v for k, v in branch.weights.items()}, branch.inputs)
 
 
