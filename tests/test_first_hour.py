@@ -337,3 +337,17 @@ def test_deploy_md_builds_the_image_tag_the_manifests_run():
     tags = {m for f in (ROOT / "deploy").rglob("*.yaml") for m in re.findall(r"image: (\S+)", f.read_text())}
     built = re.findall(r"docker build -f deploy/Dockerfile -t (\S+) \.", (ROOT / "docs" / "deploy.md").read_text())
     assert len(tags) == 1 and built and set(built) == tags
+
+
+def test_api_md_lists_every_op_the_daemon_runs():
+    """The op list is the registry's (and the ops the compiler expands: If, Loop, Scan)."""
+    import re
+
+    from memserve.kernels import INTERNAL_DOMAIN, REGISTRY
+    from memserve.kernels.control import CONTROL_FLOW
+    from models import ROOT
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    listed = set(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", text[text.index("## Ops"):text.index("dtypes:")]))
+    ops = {op for domain, op in REGISTRY if domain != INTERNAL_DOMAIN} | CONTROL_FLOW
+    assert sorted(ops - listed) == []
