@@ -424,9 +424,8 @@ class Registry:
             rows = sum(r.rows for r in reqs)
         if ws.buffer is None:
             ws.ensure_buffer(self.device)
-        finish = [r.finish_by for r in reqs if r.finish_by is not None]
         outs, buffer = model.executable.run(arrays, (rows,) + reqs[0].shape, ws, self.device,
-                                            max(finish) if len(finish) == len(reqs) else None)
+                                            _finish_by(reqs) if model.executable.loops else None)
         try:
             specs = model.plan.outputs
             if len(reqs) == 1:  # the whole outputs: no row slicing
@@ -448,6 +447,13 @@ class Registry:
         model.stats.served([(r.enqueued, r.started, r.rows) for r in reqs], done)
         return [ExecuteResult(t, int((r.started - r.enqueued) * 1e6), int((done - r.started) * 1e6))
                 for t, r in zip(results, reqs)]
+
+
+def _finish_by(reqs: list[Request]) -> float | None:
+    """When the last of merged requests' callers stops waiting (None: one of them waits for ever)."""
+    if any(r.finish_by is None for r in reqs):
+        return None
+    return max(r.finish_by for r in reqs)
 
 
 def _failed(stats: ModelStats, req: Request, error: BaseException) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgument
-from . import OpDef, TensorInfo, register
+from . import OpDef, TensorInfo, portable, register
 from .conv import Geometry, _positions, _window, geometry
 from .jit import compiled, prange
 
@@ -152,7 +152,6 @@ def _max_with_indices(g: Geometry, spatial: tuple[int, ...], storage_order: int,
     span = [(k - 1) * d + 1 for k, d in zip(g.kernel, g.dilations)]
     ends = [max(0, (o - 1) * s + sp - b - n) for o, s, sp, b, n in zip(g.out, g.strides, span, g.pads_begin, spatial)]
     low = -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
-    axes = tuple(range(2, 2 + rank))
     # The input position each window tap reads, per axis: out * stride - pad + tap * dilation.
     taps = [np.arange(o)[:, None] * s - b + np.arange(k)[None, :] * d
             for o, s, b, k, d in zip(g.out, g.strides, g.pads_begin, g.kernel, g.dilations)]
@@ -164,10 +163,7 @@ def _max_with_indices(g: Geometry, spatial: tuple[int, ...], storage_order: int,
 
     def run(i, o):
         x = i[0]
-        padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(g.pads_begin, ends)), constant_values=low)
-        win = np.lib.stride_tricks.sliding_window_view(padded, span, axis=axes)
-        win = win[(slice(None), slice(None)) + tuple(slice(0, o * s, s) for o, s in zip(g.out, g.strides))
-                  + tuple(slice(None, None, d) for d in g.dilations)]
+        win = portable.windows(np, x, g.kernel, g.strides, g.dilations, list(zip(g.pads_begin, ends)), low, g.out)
         flat = win.reshape(win.shape[:2 + rank] + (-1,))
         best = flat.argmax(axis=-1)
         np.copyto(o[0], np.take_along_axis(flat, best[..., None], axis=-1)[..., 0])

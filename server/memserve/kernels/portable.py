@@ -14,6 +14,7 @@ import functools
 from typing import Callable
 
 from . import Node, TensorInfo, control, node_error
+from .conv import geometry
 
 PortableBuild = Callable[[Node, list, list, object], Callable]
 PORTABLE: dict[str, PortableBuild] = {}
@@ -243,39 +244,29 @@ def _layer_norm(node, ins, outs, xp):
 
 # -- convolution and pooling: windows as strided views (no im2col copy), one contraction -------------------
 
-def _spatial(node: Node, x: TensorInfo, y: TensorInfo, kernel: list[int]) -> tuple[list, list, list]:
-    """Strides, dilations and (begin, end) pads of a Conv or pooling node, auto_pad resolved from the
-    output's shape (the shape function already checked it)."""
-    n = len(kernel)
-    a = node.attrs
-    strides, dil = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
-    auto = a.get("auto_pad", "NOTSET") or "NOTSET"
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
-        for k in range(n):
-            total = max((y.shape[2 + k] - 1) * strides[k] + (kernel[k] - 1) * dil[k] + 1 - x.shape[2 + k], 0)
-            begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            pads.append((begin, total - begin))
-        return strides, dil, pads
-    flat = [0] * 2 * n if auto == "VALID" else list(a.get("pads", [0] * 2 * n))
-    return strides, dil, [(flat[k], flat[n + k]) for k in range(n)]
+def _spatial(node: Node, x: TensorInfo, kernel: list[int]) -> tuple[list, list, list]:
+    """Strides, dilations and (begin, end) pads of a Conv or pooling node, auto_pad resolved: the cpu
+    kernels' geometry (kernels/conv.py)."""
+    g = geometry(node, tuple(x.shape[2:]), tuple(kernel))
+    return list(g.strides), list(g.dilations), list(zip(g.pads_begin, g.pads_end))
 
 
-def _windows(xp, x, kernel, strides, dil, pads, fill):
-    """(N, C, out..., k...) views of x's windows, padded with `fill`."""
+def windows(xp, x, kernel, strides, dil, pads, fill, out=None):
+    """(N, C, out..., k...) views of x's windows, padded with `fill` ((begin, end) per spatial axis); `out`:
+    how many windows per axis to keep (all that fit when None)."""
     n = len(kernel)
     padded = xp.pad(x, [(0, 0), (0, 0)] + list(pads), constant_values=fill) if any(sum(p) for p in pads) else x
     span = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
     win = xp.lib.stride_tricks.sliding_window_view(padded, span, axis=tuple(range(2, 2 + n)))
-    return win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
-               + tuple(slice(None, None, d) for d in dil)]
+    starts = tuple(slice(0, o * s if out else None, s) for o, s in zip(out or strides, strides))
+    return win[(slice(None), slice(None)) + starts + tuple(slice(None, None, d) for d in dil)]
 
 
 @_register("Conv")
 def _conv(node, ins, outs, xp):
-    x, w, y = ins[0], ins[1], outs[0]
+    x, w = ins[0], ins[1]
     kernel = list(w.shape[2:])
-    strides, dil, pads = _spatial(node, x, y, kernel)
+    strides, dil, pads = _spatial(node, x, kernel)
     group = node.attrs.get("group", 1)
     n, c, m = x.shape[0], x.shape[1], w.shape[0]
     has_bias = len(ins) > 2 and ins[2] is not None
@@ -285,7 +276,7 @@ def _conv(node, ins, outs, xp):
     expr = f"ngc{spatial}{letters},gmc{letters}->ngm{spatial}"
 
     def run(i, o):
-        win = _windows(xp, i[0], kernel, strides, dil, pads, 0)
+        win = windows(xp, i[0], kernel, strides, dil, pads, 0)
         win = win.reshape((n, group, c // group) + win.shape[2:])
         wg = i[1].reshape((group, m // group, c // group) + tuple(kernel))
         res = xp.einsum(expr, win, wg).reshape(o[0].shape)
@@ -301,7 +292,7 @@ def _pool(node, ins, outs, xp):
     if len(outs) > 1:
         raise node_error(node, "the Indices output is not in this device's kernel set")
     kernel = list(node.attrs["kernel_shape"])
-    strides, dil, pads = _spatial(node, ins[0], outs[0], kernel)
+    strides, dil, pads = _spatial(node, ins[0], kernel)
     if node.attrs.get("ceil_mode", 0):
         raise node_error(node, "ceil_mode is not in this device's kernel set")
     axes = tuple(range(-len(kernel), 0))
@@ -310,14 +301,14 @@ def _pool(node, ins, outs, xp):
 
     def run(i, o):
         if is_max:
-            xp.copyto(o[0], _windows(xp, i[0], kernel, strides, dil, pads, -xp.inf).max(axis=axes))
+            xp.copyto(o[0], windows(xp, i[0], kernel, strides, dil, pads, -xp.inf).max(axis=axes))
             return
-        total = _windows(xp, i[0], kernel, strides, dil, pads, 0).sum(axis=axes)
+        total = windows(xp, i[0], kernel, strides, dil, pads, 0).sum(axis=axes)
         if include_pad or not any(sum(p) for p in pads):
             count = float(xp.prod(xp.asarray(kernel)))
         else:  # each window's count of real (unpadded) elements
             ones = xp.ones((1, 1) + i[0].shape[2:], i[0].dtype)
-            count = _windows(xp, ones, kernel, strides, dil, pads, 0).sum(axis=axes)
+            count = windows(xp, ones, kernel, strides, dil, pads, 0).sum(axis=axes)
         xp.divide(total, count, out=o[0], casting="unsafe")
 
     return run
